@@ -1,0 +1,66 @@
+# gridops.metal entry point.  `make demo` and `make test` are all a newcomer needs.
+SHELL := /bin/bash
+VENV ?= .venv
+COLLECTIONS := $(CURDIR)/build/collections
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export CONTAINERS_CONF := $(CURDIR)/roles/lab/files/containers.conf
+export DEBIAN_FRONTEND := noninteractive
+
+TIERS := lint sanity unit integration molecule e2e
+
+.PHONY: help bootstrap deps install test $(TIERS) demo demo-down lab-status build changelog clean
+
+help:
+	@echo "make demo        bring up the lab and run the collection against it"
+	@echo "make demo-down   remove the lab and everything it made"
+	@echo "make test        every test tier: $(TIERS)"
+	@echo "make <tier>      one tier alone"
+	@echo "make build       ansible-galaxy collection build"
+
+# python3-venv is the one thing needed before bindep itself can run.
+$(VENV)/.stamp: requirements.txt requirements-dev.txt
+	@dpkg-query -W -f='$${Status}' python3-venv 2>/dev/null | grep -q "ok installed" || \
+		{ apt-get update -q && apt-get install -y -q python3-venv; }
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+bootstrap: $(VENV)/.stamp
+
+deps: bootstrap
+	@missing="$$($(VENV)/bin/bindep -b || true)"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+install: deps
+	mkdir -p $(COLLECTIONS)/ansible_collections/gridops
+	ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/gridops/metal
+
+test: install
+	$(VENV)/bin/python tests/tiers.py $(TIERS)
+
+$(TIERS): install
+	$(VENV)/bin/python tests/tiers.py $@
+
+demo: install
+	ansible-playbook playbooks/lab_up.yml
+	ansible-playbook playbooks/lab_status.yml
+
+demo-down: install
+	ansible-playbook playbooks/lab_down.yml
+
+lab-status: install
+	ansible-playbook playbooks/lab_status.yml
+
+build: install
+	ansible-galaxy collection build --force --output-path build/
+
+changelog: install
+	antsibull-changelog release
+
+clean:
+	rm -rf build .pytest_cache

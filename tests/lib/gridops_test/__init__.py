@@ -1,0 +1,1 @@
+"""Shared test infrastructure of gridops.metal: namespaces, processes, artifacts."""

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Run the test tiers of gridops.metal and print what ran, per tier.
+
+    tests/tiers.py [TIER ...]      (default: every tier, quick ones first)
+
+Each tier runs even when an earlier one failed, so one run reports every
+problem; the exit status is non-zero if any tier failed.  pytest tiers write
+JUnit XML under build/reports/ from which the test counts are read.
+"""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+REPORTS = REPO / "build" / "reports"
+SANITY_ROOT = REPO / "build" / "sanity"
+PYTHON_VERSION = "%d.%d" % sys.version_info[:2]
+
+
+def pytest_cmd(tier, path):
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+            "--junitxml=%s" % (REPORTS / (tier + ".xml")), path]
+
+
+def tier_lint():
+    return [
+        ["yamllint", "-s", "."],
+        ["ansible-lint", "--profile", "production", "--offline"],
+    ]
+
+
+def tier_sanity():
+    """ansible-test wants the tree at ansible_collections/<ns>/<name>: copy it."""
+    dest = SANITY_ROOT / "ansible_collections" / "gridops" / "metal"
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return [["ansible-test", "sanity", "--venv", "--requirements", "--python", PYTHON_VERSION,
+             "--color", "no", "--exclude", "tests/lib/", "--exclude", "tests/tiers.py", {"cwd": dest}]]
+
+
+def tier_unit():
+    return [pytest_cmd("unit", "tests/unit")]
+
+
+def tier_integration():
+    return [pytest_cmd("integration", "tests/integration")]
+
+
+def tier_molecule():
+    scenarios = sorted(p.parent.name for p in (REPO / "molecule").glob("*/molecule.yml"))
+    return [["molecule", "test", "-s", name] for name in scenarios]
+
+
+def tier_e2e():
+    return [pytest_cmd("e2e", "tests/e2e")]
+
+
+TIERS = {
+    "lint": tier_lint,
+    "sanity": tier_sanity,
+    "unit": tier_unit,
+    "integration": tier_integration,
+    "molecule": tier_molecule,
+    "e2e": tier_e2e,
+}
+
+
+def junit_counts(tier):
+    path = REPORTS / (tier + ".xml")
+    if not path.exists():
+        return None
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root)
+    total = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for suite in suites:
+        for key in total:
+            total[key] += int(suite.get(key, 0))
+    failed = total["failures"] + total["errors"]
+    return {"passed": total["tests"] - failed - total["skipped"], "failed": failed, "skipped": total["skipped"]}
+
+
+def run_tier(name):
+    report = REPORTS / (name + ".xml")
+    if report.exists():
+        report.unlink()
+    start = time.monotonic()
+    status = "ok"
+    commands = TIERS[name]()
+    if not commands:
+        status = "empty"
+    for cmd in commands:
+        opts = cmd[-1] if isinstance(cmd[-1], dict) else {}
+        argv = [c for c in cmd if not isinstance(c, dict)]
+        print("==> [%s] %s" % (name, " ".join(argv)), flush=True)
+        rc = subprocess.call(argv, cwd=opts.get("cwd", REPO))
+        if rc == 5 and "pytest" in argv:
+            status = "empty" if status == "ok" else status
+        elif rc != 0:
+            status = "FAILED"
+    return status, time.monotonic() - start, junit_counts(name)
+
+
+def main(argv):
+    names = argv or list(TIERS)
+    unknown = [n for n in names if n not in TIERS]
+    if unknown:
+        sys.exit("unknown tier(s): %s; known: %s" % (", ".join(unknown), ", ".join(TIERS)))
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in names:
+        results.append((name,) + run_tier(name))
+    print("\n==> gridops.metal test summary")
+    print("%-12s %-8s %9s  %s" % ("tier", "status", "seconds", "tests"))
+    totals = {"passed": 0, "failed": 0, "skipped": 0}
+    for name, status, seconds, counts in results:
+        tests = ""
+        if counts:
+            tests = "%(passed)d passed, %(failed)d failed, %(skipped)d skipped" % counts
+            for key in totals:
+                totals[key] += counts[key]
+        print("%-12s %-8s %9.1f  %s" % (name, status, seconds, tests))
+    print("%(passed)d passed, %(failed)d failed, %(skipped)d skipped" % totals)
+    return 1 if any(r[1] == "FAILED" for r in results) else 0
+
+
+if __name__ == "__main__":
+    os.chdir(REPO)
+    sys.exit(main(sys.argv[1:]))
