@@ -20,7 +20,7 @@ def _debug(template):
                ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json")
     proc = subprocess.run(["ansible", "localhost", "-i", "localhost,", "-c", "local", "-m", "debug",
                            "-a", "msg=%s" % template],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
     try:
         output = json.loads(proc.stdout)
     except ValueError:
