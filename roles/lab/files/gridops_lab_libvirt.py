@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """The lab's `virtualbmc` BMC kind: a private libvirtd plus vbmcd, per lab.
 
 Subcommands (stdlib only; the libvirt client is `virsh`):
@@ -134,9 +134,12 @@ def unshare(flags):
     _check(_libc().unshare(flags), "unshare(%#x)" % flags)
 
 
+def _enc(text):
+    return text.encode() if text is not None else None
+
+
 def mount(source, target, fstype, flags, data=None):
-    enc = (lambda s: s.encode() if s is not None else None)
-    _check(_libc().mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+    _check(_libc().mount(_enc(source), _enc(target), _enc(fstype), ctypes.c_ulong(flags), _enc(data)),
            "mount(%s, %s)" % (source, target))
 
 
@@ -249,8 +252,25 @@ def _terminated(text):
     return text if not text or text.endswith("\n") else text + "\n"
 
 
+def _running_init(paths):
+    """PID of a live namespace init of this state dir, or None."""
+    try:
+        with open(paths.init_pid) as fh:
+            pid = int(fh.read())
+        with open("/proc/%d/cmdline" % pid, "rb") as fh:
+            argv = fh.read().split(b"\0")
+        # A stale file (SIGKILL) may name a reused pid: check it is one of us.
+        alive = (any(a.endswith(b"gridops_lab_libvirt.py") for a in argv) and b"libvirtd" in argv
+                 and any(a.rstrip(b"/").endswith(os.path.basename(paths.root).encode()) for a in argv))
+    except (OSError, ValueError):
+        return None
+    return pid if alive else None
+
+
 def cmd_libvirtd(args):
     paths = Paths(args.state_dir)
+    if _running_init(paths):
+        raise SystemExit("a libvirtd already runs for %s (pid %d)" % (paths.root, _running_init(paths)))
     prepare_libvirtd(paths)
     if args.netns:
         setns("/run/netns/%s" % args.netns, CLONE_NEWNET)
@@ -264,6 +284,18 @@ def cmd_libvirtd(args):
     unshare(CLONE_NEWPID)
     sys.stdout.flush()
     sys.stderr.flush()
+    child = []
+
+    def forward(signo, _frame):
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child[0], signo)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, forward)
+    # Blocked across fork() so that a stop request cannot slip in before
+    # the child's pid is known (the child keeps them blocked: it waits on them).
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pid = os.fork()
     if pid == 0:
         try:
@@ -272,15 +304,10 @@ def cmd_libvirtd(args):
             print("gridops_lab_libvirt: init: %s" % exc, file=sys.stderr, flush=True)
             rc = 1
         os._exit(rc)
+    child.append(pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     write_atomic(paths.init_pid, "%d\n" % pid)
-
-    def forward(signo, _frame):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signo)
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, forward)
-    _, status = os.waitpid(pid, 0)
+    status = os.waitpid(pid, 0)[1]
     with contextlib.suppress(OSError):
         os.unlink(paths.init_pid)
     return os.waitstatus_to_exitcode(status) & 0xFF
@@ -455,7 +482,11 @@ def cmd_define(args):
         if _node_summary(have) == _node_summary(want):
             print(name)
             return 0
-        # Changed node: redefine, keeping the boot devices set over IPMI.
+        # Changed node: redefine the same domain (its uuid), keeping the
+        # boot devices set over IPMI.
+        uuid = ET.Element("uuid")
+        uuid.text = have.findtext("uuid")
+        want.insert(1, uuid)
         for el in want.find("os").findall("boot"):
             want.find("os").remove(el)
         for el in have.find("os").findall("boot"):
@@ -481,13 +512,14 @@ def _vbmc_env(paths):
 def _find_tool(name, given):
     if given:
         return given
-    found = shutil.which(name)
-    if found:
-        return found
-    # The venv's bin next to the interpreter running us.
+    # First the venv's bin next to the interpreter running us (its vbmc
+    # imports Debian's python3-libvirt through system site packages).
     candidate = os.path.join(os.path.dirname(sys.executable), name)
     if os.path.exists(candidate):
         return candidate
+    found = shutil.which(name)
+    if found:
+        return found
     raise SystemExit("%s not found: install virtualbmc (pip) or pass --%s" % (name, name))
 
 
@@ -529,6 +561,9 @@ def cmd_add_bmc(args):
     paths = Paths(args.state_dir)
     if not os.path.exists(paths.vbmc_conf):
         prepare_vbmc(paths, args.server_port)
+    if os.path.exists(paths.socket):
+        # Like `vbmc add`: refuse a BMC for a domain libvirtd does not know.
+        virsh(paths, "dominfo", args.domain)
     with open(args.password_file) as fh:
         password = fh.read().strip()
     if not password:
@@ -693,7 +728,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
+        print("gridops_lab_libvirt: %s: %s" % (args.cmd, exc), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
