@@ -19,10 +19,12 @@ help:
 	@echo "make <tier>      one tier alone"
 	@echo "make build       ansible-galaxy collection build"
 
-# python3-venv is the one thing needed before bindep itself can run.
+# Needed before pip runs: venv itself, and python3-libvirt, which satisfies
+# virtualbmc's libvirt-python (pip cannot build it here).
+BOOTSTRAP_DEBS := python3-venv python3-libvirt
 $(VENV)/.stamp: requirements.txt requirements-dev.txt
-	@dpkg-query -W -f='$${Status}' python3-venv 2>/dev/null | grep -q "ok installed" || \
-		{ apt-get update -q && apt-get install -y -q python3-venv; }
+	@for p in $(BOOTSTRAP_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+		if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; fi
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@

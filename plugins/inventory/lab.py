@@ -56,6 +56,7 @@ keyed_groups:
 
 import json
 import os
+import sys
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
@@ -78,7 +79,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         self.inventory.add_group("lab_hypervisor")
         self.inventory.add_host("localhost", group="lab_hypervisor")
         for key, value in (("ansible_connection", "local"),
-                           ("ansible_python_interpreter", "{{ ansible_playbook_python }}"),
+                           ("ansible_python_interpreter", sys.executable),
                            ("lab_name", lab_name),
                            ("lab_state_root", self.get_option("state_root"))):
             self.inventory.set_variable("localhost", key, value)

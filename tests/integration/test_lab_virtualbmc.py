@@ -145,11 +145,11 @@ def test_virtualbmc_lab_node(netns, bridge, daemon_factory, tmp_path):
         node_json = tmp_path / "node.json"
         node_json.write_text(json.dumps(node))
         start = time.monotonic()
-        assert script("define", "--state-dir", state, "--node-json", node_json).stdout.strip() == domain
+        assert script("define", "--state-dir", state, "--node-json", node_json).stdout.strip() == "changed"
         figures["define_s"] = round(time.monotonic() - start, 2)
         # Idempotent: a second define changes nothing.
         before = virsh("dumpxml", "--inactive", domain).stdout
-        assert script("define", "--state-dir", state, "--node-json", node_json).stdout.strip() == domain
+        assert script("define", "--state-dir", state, "--node-json", node_json).stdout.strip() == "unchanged"
         assert virsh("dumpxml", "--inactive", domain).stdout == before
         assert status()["boot_devices"] == ["network", "hd"]
 

@@ -480,7 +480,7 @@ def cmd_define(args):
     if res.returncode == 0:
         have = ET.fromstring(res.stdout)
         if _node_summary(have) == _node_summary(want):
-            print(name)
+            print("unchanged")
             return 0
         # Changed node: redefine the same domain (its uuid), keeping the
         # boot devices set over IPMI.
@@ -495,7 +495,7 @@ def cmd_define(args):
         fh.write(ET.tostring(want, encoding="unicode"))
         fh.flush()
         virsh(paths, "define", fh.name)
-    print(name)
+    print("changed")
     return 0
 
 
