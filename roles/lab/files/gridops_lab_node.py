@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Power and boot-device control of one lab node (a QEMU machine), stdlib only.
 
     gridops_lab_node.py NODE_DIR power on|off|soft|reset|cycle|status
