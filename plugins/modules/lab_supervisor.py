@@ -69,7 +69,7 @@ pid:
   returned: always
   type: int
   sample: 4242
-action:
+operation:
   description: What was done, C(none), C(start), C(reload) or C(stop).
   returned: always
   type: str
@@ -125,25 +125,25 @@ def main():
         pidfile, loaded_file = config["pidfile"], config["loaded_file"]
     except (IOError, OSError, ValueError, KeyError) as exc:
         if p["state"] == "stopped":
-            module.exit_json(changed=False, pid=None, action="none", msg="no usable config: %s" % exc)
+            module.exit_json(changed=False, pid=None, operation="none", msg="no usable config: %s" % exc)
         module.fail_json(msg="config: cannot use %s: %s" % (p["config"], exc))
     digest = hashlib.sha256(raw).hexdigest()
     pid = read_pidfile(pidfile, MARKER)
 
     if p["state"] == "stopped":
         if pid is None:
-            module.exit_json(changed=False, pid=None, action="none")
+            module.exit_json(changed=False, pid=None, operation="none")
         if not module.check_mode:
             os.kill(pid, signal.SIGTERM)
             if not _wait(lambda: read_pidfile(pidfile, MARKER) is None, p["timeout"]):
                 module.fail_json(msg="supervisor %d did not stop within %ss" % (pid, p["timeout"]), pid=pid)
-        module.exit_json(changed=True, pid=None, action="stop")
+        module.exit_json(changed=True, pid=None, operation="stop")
 
     if pid is not None and _read(loaded_file) == digest:
-        module.exit_json(changed=False, pid=pid, action="none")
+        module.exit_json(changed=False, pid=pid, operation="none")
     action = "start" if pid is None else "reload"
     if module.check_mode:
-        module.exit_json(changed=True, pid=pid, action=action)
+        module.exit_json(changed=True, pid=pid, operation=action)
     if pid is None:
         if os.path.exists(loaded_file):
             os.unlink(loaded_file)
@@ -154,7 +154,7 @@ def main():
         os.kill(pid, signal.SIGHUP)
     if not _wait(lambda: _read(loaded_file) == digest, p["timeout"]):
         module.fail_json(msg="supervisor did not load %s within %ss; see %s" % (p["config"], p["timeout"], config.get("log")))
-    module.exit_json(changed=True, pid=read_pidfile(pidfile, MARKER), action=action)
+    module.exit_json(changed=True, pid=read_pidfile(pidfile, MARKER), operation=action)
 
 
 if __name__ == "__main__":
