@@ -24,8 +24,10 @@ author:
   - gridops.metal developers (@gridops)
 attributes:
   check_mode:
+    description: Reports the actions that would be taken without taking them.
     support: full
   diff_mode:
+    description: Not supported.
     support: none
 options:
   state:

@@ -23,8 +23,10 @@ author:
   - gridops.metal developers (@gridops)
 attributes:
   check_mode:
+    description: Reports whether the supervisor would be started, reloaded or stopped.
     support: full
   diff_mode:
+    description: Not supported.
     support: none
 options:
   state:

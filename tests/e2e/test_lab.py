@@ -177,14 +177,13 @@ def test_inventory_describes_the_lab(lab):
 def test_ipmi_from_the_deploy_server_drives_the_node(lab, node):
     assert "Power is off" in lab.ipmitool(node, "chassis", "power", "status")
     lab.ipmitool(node, "chassis", "power", "on")
-    status = procs.wait_for(lambda: (lambda s: s if s["qemu"] else None)(lab.node_status(node)), 30,
-                            what="%s QEMU to start" % node)
-    assert procs.pid_alive(status["qemu"])
+    qemu = procs.wait_for(lambda: lab.node_status(node)["qemu"], 30, what="%s QEMU to start" % node)
+    assert procs.pid_alive(qemu)
     procs.wait_for(lambda: "iPXE" in lab.console(node), 60, what="%s to try to network-boot" % node)
     assert "Power is on" in lab.ipmitool(node, "chassis", "power", "status")
 
     lab.ipmitool(node, "chassis", "power", "off")
-    procs.wait_for(lambda: not procs.pid_alive(status["qemu"]), 30, what="%s QEMU to stop" % node)
+    procs.wait_for(lambda: not procs.pid_alive(qemu), 30, what="%s QEMU to stop" % node)
     assert "Power is off" in lab.ipmitool(node, "chassis", "power", "status")
 
     # The boot device changes what the next power-on does.
@@ -212,9 +211,7 @@ def test_second_lab_up_changes_nothing_and_keeps_nodes_running(lab):
 
 
 def test_lab_status_shows_power_boot_device_and_console(lab):
-    res = ansible.playbook("lab_status.yml", lab.inventory, {"lab_name": lab.name,
-                                                            "lab_state_root": str(lab.root),
-                                                            "lab_bmc_kinds": {"node-3": "virtualbmc"}})
+    res = ansible.playbook("lab_status.yml", lab.inventory, lab.vars)
     out = res.stdout
     assert "node-2     on " in out, out
     assert "node-1     off" in out and "node-3     off" in out, out

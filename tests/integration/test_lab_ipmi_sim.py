@@ -116,8 +116,8 @@ class Ipmi:
         res = procs.run(argv, netns=self.netns, check=False, timeout=60)
         self.rtt.setdefault(" ".join(args), []).append(time.monotonic() - start)
         if check and res.returncode != 0:
-            raise AssertionError("ipmitool %s failed (%d): %s%s" % (" ".join(args), res.returncode,
-                                                                   res.stdout, res.stderr))
+            raise AssertionError("ipmitool %s failed (%d): %s%s"
+                                 % (" ".join(args), res.returncode, res.stdout, res.stderr))
         return res
 
     def power(self):
