@@ -47,7 +47,7 @@ KINDS = ("kernel", "initramfs", "rootfs", "container_image")
 BUILDER_VERSION = {
     "kernel": 1,
     "initramfs": 1,
-    "rootfs": 1,
+    "rootfs": 3,
     "container_image": 1,
 }
 
@@ -93,7 +93,7 @@ RECIPE_SPECS = {
         "authorized_keys": _Opt("list", []),
         "binaries": _Opt("list", []),
         "files": _Opt("files", []),
-        "init_hook": _Opt("str", ""),
+        "init_hook": _Opt("text", ""),
     },
     "rootfs": {
         "suite": _Opt("str", "bookworm"),
@@ -161,6 +161,9 @@ def normalize_recipe(kind, recipe):
                 raise ArtifactError("%s recipe: %s must be a non-empty string" % (kind, name))
             if opt.choices and value not in opt.choices:
                 raise ArtifactError("%s recipe: %s must be one of %s" % (kind, name, ", ".join(opt.choices)))
+        elif opt.kind == "text":
+            if not isinstance(value, str):
+                raise ArtifactError("%s recipe: %s must be a string" % (kind, name))
         elif opt.kind == "bool":
             if not isinstance(value, bool):
                 raise ArtifactError("%s recipe: %s must be a boolean" % (kind, name))
@@ -178,7 +181,7 @@ def normalize_recipe(kind, recipe):
         out[name] = value
     if kind == "initramfs":
         out["kernel"] = normalize_recipe("kernel", out["kernel"])
-        out["modules"] = [m.replace("-", "_") for m in out["modules"]]
+        out["modules"] = list(dict.fromkeys(m.replace("-", "_") for m in out["modules"]))
     if kind == "container_image" and not re.match(r"^[a-z0-9][a-z0-9._/-]*$", out["name"]):
         raise ArtifactError("container_image recipe: name %r is not a valid image name" % out["name"])
     return out
@@ -437,6 +440,24 @@ class Cache:
             return meta, True
 
 
+def _public_recipe(recipe):
+    """The recipe for results and logs: file contents (which may be secret) as their hash."""
+    if not recipe.get("files"):
+        return recipe
+    files = []
+    for item in recipe["files"]:
+        item = dict(item)
+        if "content" in item:
+            item["content"] = "sha256:" + hashlib.sha256(item.pop("content").encode()).hexdigest()
+        files.append(item)
+    return dict(recipe, files=files)
+
+
+def _describe(recipe, inputs):
+    """What meta.json records of how an entry was made (for humans browsing the cache)."""
+    return {"recipe": _public_recipe(recipe), "inputs": inputs}
+
+
 def _result(cache, kind, key, meta, changed, recipe, inputs, started, path_fields=()):
     """The public result: metadata with paths made absolute."""
     entry = cache.entry(kind, key)
@@ -446,7 +467,7 @@ def _result(cache, kind, key, meta, changed, recipe, inputs, started, path_field
         "changed": changed,
         "path": entry,
         "cache_dir": cache.root,
-        "recipe": recipe,
+        "recipe": _public_recipe(recipe),
         "inputs": inputs,
         "seconds": round(time.monotonic() - started, 2),
         "build_seconds": None,
@@ -580,11 +601,9 @@ def kernel(recipe=None, cache_dir=None, force=False, check=False):
     recipe = normalize_recipe("kernel", recipe)
     inputs = _kernel_plan(_Runner(), recipe)
     key = cache_key("kernel", recipe, inputs)
-    meta, changed = cache.build("kernel", key, _build_kernel(inputs), force=force, check=check)
-    res = _result(cache, "kernel", key, meta, changed, recipe, inputs, started, _KERNEL_PATHS)
-    if meta is not None:
-        res["modules_base"] = res["path"]
-    return res
+    meta, changed = cache.build("kernel", key, _build_kernel(inputs), describe=_describe(recipe, inputs),
+                                force=force, check=check)
+    return _result(cache, "kernel", key, meta, changed, recipe, inputs, started, _KERNEL_PATHS)
 
 
 # --------------------------------------------------------------------------
@@ -766,6 +785,9 @@ def _initramfs_host_files(recipe):
 
 
 def _initramfs_inputs(recipe, kernel_key):
+    for item in recipe["files"]:
+        if "src" in item and not os.path.isfile(item["src"]):
+            raise ArtifactError("initramfs recipe: file %s: src %s is not a file" % (item["path"], item["src"]))
     inputs = {
         "kernel_key": kernel_key,
         "templates": _TEMPLATE_HASH,
@@ -909,7 +931,7 @@ def initramfs(recipe=None, cache_dir=None, force=False, check=False):
         meta, changed = None, True
     else:
         meta, changed = cache.build("initramfs", key, _build_initramfs(recipe, inputs, kres),
-                                    force=force, check=check)
+                                    describe=_describe(recipe, inputs), force=force, check=check)
     res = _result(cache, "initramfs", key, meta, changed or kres["changed"], recipe, inputs, started,
                   ("initramfs",))
     res["kernel"] = kres
@@ -927,17 +949,52 @@ def _rootfs_inputs(runner):
     return {"debootstrap": version.strip() or "unknown"}
 
 
+_CHROOT_ENV = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "LC_ALL": "C",
+    "HOME": "/root",
+}
+
+
+def _apt_in_chroot(runner, target, packages):
+    """apt-get install in the chroot: unlike debootstrap's resolver it knows virtual
+    packages (python3-cryptography needs python3-cffi-backend-api-min, for one)."""
+    policy = os.path.join(target, "usr/sbin/policy-rc.d")
+    # No service may start on the build machine from a maintainer script.
+    _write(policy, "#!/bin/sh\nexit 101\n", 0o755)
+    proc = os.path.join(target, "proc")
+    runner.run(["mount", "-t", "proc", "proc", proc])
+    try:
+        apt = ["chroot", target, "apt-get", "-q", "-y", "-o", "Dpkg::Options::=--force-confold"]
+        runner.run(apt + ["--no-install-recommends", "install"] + list(packages), env=_CHROOT_ENV)
+    finally:
+        runner.run(["umount", proc], check=False)
+        os.unlink(policy)
+
+
 def _build_rootfs(recipe):
     def build(tmp, runner):
         if os.geteuid() != 0:
             raise ArtifactError("building a rootfs needs root (debootstrap)")
         target = os.path.join(tmp, "root")
         argv = [_which("debootstrap"), "--variant=%s" % recipe["variant"],
-                "--components=%s" % ",".join(recipe["components"])]
-        if recipe["packages"]:
-            argv.append("--include=%s" % ",".join(recipe["packages"]))
+                "--components=%s" % ",".join(recipe["components"]),
+                recipe["suite"], target, recipe["mirror"]]
         try:
-            runner.run(argv + [recipe["suite"], target, recipe["mirror"]])
+            try:
+                runner.run(argv)
+            except ArtifactError as exc:
+                # debootstrap's own log names the failing package; it goes with the tree.
+                detail = _tail(os.path.join(target, "debootstrap", "debootstrap.log"), 60)
+                runner.note("--- debootstrap.log (tail)\n" + detail)
+                raise ArtifactError("%s\n--- debootstrap.log (tail):\n%s" % (exc, detail))
+            if recipe["packages"]:
+                _apt_in_chroot(runner, target, recipe["packages"])
+            # What apt-get clean removes (.debs, caches apt rebuilds); the lists stay for apt and Ansible.
+            for junk in glob.glob(os.path.join(target, "var/cache/apt/archives/*.deb")) + \
+                    glob.glob(os.path.join(target, "var/cache/apt/*.bin")):
+                os.unlink(junk)
             # Nothing of the build machine stays in the image; systemd makes a
             # machine-id on first boot when the file is empty.
             _write(os.path.join(target, "etc/hostname"), "localhost\n")
@@ -948,8 +1005,8 @@ def _build_rootfs(recipe):
                                    "-W", "-f=${Package}\t${Version}\n"], capture=True)
             _write(os.path.join(tmp, "manifest.txt"), manifest)
             tarball = os.path.join(tmp, "rootfs.tar.zst")
-            runner.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--zstd",
-                        "-C", target, "-cf", tarball, "."])
+            runner.run(["tar", "--one-file-system", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                        "--zstd", "-C", target, "-cf", tarball, "."])
         finally:
             remove_tree(target)
         return {
@@ -972,7 +1029,8 @@ def rootfs(recipe=None, cache_dir=None, force=False, check=False):
     recipe = normalize_recipe("rootfs", recipe)
     inputs = _rootfs_inputs(_Runner())
     key = cache_key("rootfs", recipe, inputs)
-    meta, changed = cache.build("rootfs", key, _build_rootfs(recipe), force=force, check=check)
+    meta, changed = cache.build("rootfs", key, _build_rootfs(recipe), describe=_describe(recipe, inputs),
+                                force=force, check=check)
     return _result(cache, "rootfs", key, meta, changed, recipe, inputs, started, ("tarball", "manifest"))
 
 
@@ -980,9 +1038,12 @@ def rootfs(recipe=None, cache_dir=None, force=False, check=False):
 # container_image
 
 
-def _podman_image_id(image):
+_KEY_LABEL = "org.gridops.metal.artifact-key"
+
+
+def _podman_image_id(image, fmt="{{.Id}}"):
     try:
-        res = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", image],
+        res = subprocess.run(["podman", "image", "inspect", "--format", fmt, image],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
     except OSError:
         return None
@@ -999,17 +1060,24 @@ def container_rootfs_recipe(recipe):
     }
 
 
-def _build_container_image(image, key, rres):
+def _build_container_image(image, key, rres, force):
     def build(tmp, runner):
+        old_id = _podman_image_id(image)
+        if old_id and not force and _podman_image_id(image, '{{ index .Labels "%s" }}' % _KEY_LABEL) == key:
+            # Imported for this very key through another cache directory: adopt it.
+            return {"image": image, "image_id": old_id, "rootfs_key": rres["key"]}
         out = runner.run(["podman", "import", "-q",
                           "--change", 'CMD ["/sbin/init"]',
                           "--change", "STOPSIGNAL SIGRTMIN+3",
-                          "--change", "LABEL org.gridops.metal.artifact-key=%s" % key,
+                          "--change", "LABEL %s=%s" % (_KEY_LABEL, key),
                           "--message", "gridops.metal container_image %s" % key,
                           rres["tarball"], image], capture=True)
         image_id = _podman_image_id(image)
         if not image_id:
             raise ArtifactError("podman import gave no image %s: %s" % (image, out.strip()))
+        if old_id and old_id != image_id:
+            # The image this tag named before is now untagged: drop it unless a container uses it.
+            runner.run(["podman", "image", "rm", old_id], check=False)
         return {"image": image, "image_id": image_id, "rootfs_key": rres["key"]}
     return build
 
@@ -1034,8 +1102,8 @@ def container_image(recipe=None, cache_dir=None, force=False, check=False):
     if check and rres["changed"]:
         meta, changed = None, True
     else:
-        meta, changed = cache.build("container_image", key, _build_container_image(image, key, rres),
-                                    valid=valid, force=force, check=check)
+        meta, changed = cache.build("container_image", key, _build_container_image(image, key, rres, force),
+                                    describe=_describe(recipe, inputs), valid=valid, force=force, check=check)
     res = _result(cache, "container_image", key, meta, changed or rres["changed"], recipe, inputs, started)
     res["image"] = image
     res["rootfs"] = rres
