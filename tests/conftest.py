@@ -12,6 +12,8 @@ import pytest
 
 from gridops_test import net, procs
 
+pytest_plugins = ["gridops_test.fixtures_artifacts"]
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 COLLECTIONS = REPO / "build" / "collections"
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from gridops_test import ansible, net, procs
+from gridops_test import ansible_run as ansible, net, procs
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gridops_test import ansible, procs
+from gridops_test import ansible_run as ansible, procs
 
 SCRIPT = ansible.REPO / "roles" / "lab" / "files" / "gridops_lab_supervisor.py"
 
