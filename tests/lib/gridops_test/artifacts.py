@@ -25,14 +25,19 @@ if __name__ == "__main__" and sys.path and pathlib.Path(sys.path[0]).resolve() =
     # ansible.py would shadow the ansible package: put tests/lib there instead.
     sys.path[0] = str(REPO / "tests" / "lib")
 
-# The packages the lab's deploy server runs (PXE, HTTP, IPMI, SSH to nodes).
-DEPLOY_SERVER_PACKAGES = (
-    "dnsmasq", "nginx-light", "ipmitool", "pxelinux", "syslinux-common", "ipxe",
-    "openssh-client", "python3-pyghmi",
-)
+def _lab_defaults():
+    import yaml
+
+    path = pathlib.Path(__file__).resolve().parents[3] / "roles" / "lab" / "defaults" / "main.yml"
+    return yaml.safe_load(path.read_text())
+
+
+# The lab deploy server's packages: one list, the lab role's, so tests and the
+# lab share one cached image.
+DEPLOY_SERVER_PACKAGES = tuple(_lab_defaults()["lab_server_packages"])
 
 TEST_IMAGE_NAME = "gridops-test-systemd"
-DEPLOY_SERVER_IMAGE_NAME = "gridops-deploy-server"
+DEPLOY_SERVER_IMAGE_NAME = _lab_defaults()["lab_server_image_name"]
 
 
 def engine():
