@@ -60,7 +60,6 @@ import sys
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
-from ansible.utils.unsafe_proxy import wrap_var
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
@@ -100,11 +99,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
 
         strict = self.get_option("strict")
         for key, value in desc.get("vars", {}).items():
-            self.inventory.set_variable("all", key, wrap_var(value))
+            self.inventory.set_variable("all", key, value)
 
         self.inventory.add_host(server["name"], group="deploy_server")
         for key, value in server.get("vars", {}).items():
-            self.inventory.set_variable(server["name"], key, wrap_var(value))
+            self.inventory.set_variable(server["name"], key, value)
 
         cluster = desc.get("cluster")
         if cluster:
@@ -114,7 +113,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             self.inventory.add_host(name, group=cluster or "nodes")
             hostvars = nodes[name]
             for key, value in hostvars.items():
-                self.inventory.set_variable(name, key, wrap_var(value))
+                self.inventory.set_variable(name, key, value)
             self._set_composite_vars(self.get_option("compose"), hostvars, name, strict=strict)
             self._add_host_to_composed_groups(self.get_option("groups"), hostvars, name, strict=strict)
             self._add_host_to_keyed_groups(self.get_option("keyed_groups"), hostvars, name, strict=strict)

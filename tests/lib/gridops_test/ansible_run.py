@@ -56,8 +56,20 @@ def playbook(name, inventory, extra_vars=None, timeout=1800, check=True, args=()
     return res
 
 
+def _untag(value):
+    """Plain values from ansible-inventory's JSON, which marks untrusted strings
+    as {"__ansible_unsafe": value} (ansible-core 2.19 inventory_legacy profile)."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return dict((k, _untag(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return [_untag(v) for v in value]
+    return value
+
+
 def inventory(inventory_path):
-    """`ansible-inventory --list` as a dict."""
+    """`ansible-inventory --list` as a dict of plain values."""
     proc = subprocess.run(["ansible-inventory", "-i", str(inventory_path), "--list"], cwd=REPO, env=env(),
                           capture_output=True, text=True, timeout=120, check=True)
-    return json.loads(proc.stdout)
+    return _untag(json.loads(proc.stdout))
