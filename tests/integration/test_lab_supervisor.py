@@ -18,9 +18,8 @@ def _module(config, state="started", check=False):
             "-a", args, "-e", "ansible_python_interpreter=%s" % sys.executable]
     if check:
         argv.append("--check")
-    res = subprocess.run(argv, cwd=ansible.REPO, env=ansible.env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
-                                                                    ANSIBLE_LOAD_CALLBACK_PLUGINS="1"),
-                         capture_output=True, text=True, timeout=120, check=False)
+    env = ansible.env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+    res = subprocess.run(argv, cwd=ansible.REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
     out = json.loads(res.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
     assert not out.get("failed"), out
     return out

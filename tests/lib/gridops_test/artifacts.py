@@ -21,9 +21,9 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
 if __name__ == "__main__" and sys.path and pathlib.Path(sys.path[0]).resolve() == pathlib.Path(__file__).resolve().parent:
-    # Run as a script, this directory would come first on sys.path and its
-    # ansible.py would shadow the ansible package: put tests/lib there instead.
+    # Run as a script, this directory comes first on sys.path: put tests/lib there instead.
     sys.path[0] = str(REPO / "tests" / "lib")
+
 
 def _lab_defaults():
     import yaml
