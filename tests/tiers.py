@@ -111,6 +111,32 @@ def junit_counts(tier):
     return {"passed": total["tests"] - failed - total["skipped"], "failed": failed, "skipped": total["skipped"]}
 
 
+def leftovers(suffix):
+    """What this run's tests left on the machine: everything they make carries the run suffix."""
+    found = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    found += ["netns %s" % line.split()[0] for line in netns.splitlines() if suffix in line]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if suffix in cmd:
+            found.append("process %s %s" % (entry, cmd[:100]))
+    with open("/proc/mounts") as fh:
+        found += ["mount %s" % line.split()[1] for line in fh if suffix in line]
+    if shutil.which("podman"):
+        names = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
+                               check=False).stdout.split()
+        found += ["container %s" % n for n in names if suffix in n]
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
+    found += ["loop %s" % line.split(":")[0] for line in loops.splitlines() if suffix in line]
+    return found
+
+
 def run_tier(name):
     report = REPORTS / (name + ".xml")
     if report.exists():
@@ -138,9 +164,13 @@ def main(argv):
     if unknown:
         sys.exit("unknown tier(s): %s; known: %s" % (", ".join(unknown), ", ".join(TIERS)))
     REPORTS.mkdir(parents=True, exist_ok=True)
+    # One suffix for every name the tests make (gridops_test.net.run_suffix), so
+    # what they leave behind can be found afterwards.
+    suffix = os.environ.setdefault("GRIDOPS_TEST_SUFFIX", os.urandom(3).hex())
     results = []
     for name in names:
         results.append((name,) + run_tier(name))
+    left = leftovers(suffix)
     print("\n==> gridops.metal test summary")
     print("%-12s %-8s %9s  %s" % ("tier", "status", "seconds", "tests"))
     totals = {"passed": 0, "failed": 0, "skipped": 0}
@@ -151,8 +181,9 @@ def main(argv):
             for key in totals:
                 totals[key] += counts[key]
         print("%-12s %-8s %9.1f  %s" % (name, status, seconds, tests))
+    print("left behind (run suffix %s): %s" % (suffix, "; ".join(left) if left else "nothing"))
     print("%(passed)d passed, %(failed)d failed, %(skipped)d skipped" % totals)
-    return 1 if any(r[1] == "FAILED" for r in results) else 0
+    return 1 if left or any(r[1] == "FAILED" for r in results) else 0
 
 
 if __name__ == "__main__":
