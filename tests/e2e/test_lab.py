@@ -140,6 +140,9 @@ def test_bad_input_is_refused_before_anything_is_made(tmp_path):
             ({"lab_node_count": 200, "lab_node_memory_mb": 65536}, "lab_node_count"),
             ({"lab_subnet": "172.29.213.7/24"}, "lab_subnet"),
             ({"lab_subnet": "10.254.77.0/24"}, "clashes with the host's route 10.254.77.0/24"),
+            # A package cannot be uninstalled for the test: point the role's (internal) list at a missing file.
+            ({"__lab_required_programs": [{"path": "/usr/bin/gridops-absent", "package": "gridops-absent-pkg"}]},
+             "missing package(s) gridops-absent-pkg"),
         ]
         for extra, expected in cases:
             res = ansible.playbook("lab_up.yml", lab.inventory, dict(lab.vars, **extra), check=False)
