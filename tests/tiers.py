@@ -32,6 +32,7 @@ def tier_lint():
         ["yamllint", "-s", "."],
         ["ansible-lint", "--profile", "production", "--offline"],
         ["antsibull-changelog", "lint"],
+        ["ansible-galaxy", "collection", "build", "--force", "--output-path", "build/"],
     ]
 
 
