@@ -72,7 +72,7 @@ class StepError(Exception):
 
 def normalize_nodes(nodes, bmc_user=None, bmc_password=None, bmc_port=None):
     """Nodes with every field filled in from the defaults; refuse what cannot work."""
-    out, seen = [], set()
+    out, seen, endpoints = [], set(), {}
     for index, node in enumerate(nodes or []):
         if not isinstance(node, dict):
             raise PowerInputError("nodes[%d]: a dict is needed, got %r" % (index, type(node).__name__))
@@ -98,6 +98,11 @@ def normalize_nodes(nodes, bmc_user=None, bmc_password=None, bmc_port=None):
             raise PowerInputError("node %s: bmc_port %r is not a number" % (name, port))
         if not 0 < port < 65536:
             raise PowerInputError("node %s: bmc_port %d is out of range" % (name, port))
+        # One session per BMC and node: two nodes behind one BMC endpoint would
+        # share (and close) each other's session.
+        other = endpoints.setdefault((str(address), port), name)
+        if other != name:
+            raise PowerInputError("nodes %s and %s have the same BMC %s:%d" % (other, name, address, port))
         out.append({"name": name, "host": str(node.get("host") or name), "bmc_address": str(address),
                     "bmc_port": port, "bmc_user": str(user), "bmc_password": str(password)})
     return out
@@ -400,6 +405,8 @@ class NodeRun(object):
             self._query()
         except IpmiError as exc:
             bmc_error = exc
+        except Exception as exc:  # a library bug must not keep the other levels from running
+            bmc_error = IpmiError("internal error: %s: %s" % (type(exc).__name__, exc), "internal")
         if self.req["boot_device"] is not None:
             if bmc_error is not None:
                 # Rebooting into the wrong thing is worse than not rebooting.
@@ -435,6 +442,10 @@ class NodeRun(object):
             except (IpmiError, StepError) as exc:
                 attempt["error"] = str(exc)
                 errors.append("%s: %s" % (level, exc))
+                continue
+            except Exception as exc:  # as above: the next level still runs
+                attempt["error"] = "internal error: %s: %s" % (type(exc).__name__, exc)
+                errors.append("%s: %s" % (level, attempt["error"]))
                 continue
             finally:
                 attempt["elapsed"] = round(self.clock() - start, 3)
