@@ -440,13 +440,13 @@ class VirtualBmcLab:
 # -- running the engine and the module where the BMCs are ----------------------------
 
 
-def run_engine(netns, nodes, window=25, spacing=0.0, timeout=600, **request):
+def run_engine(netns, nodes, window=25, spacing=0.0, proc_timeout=600, **request):
     """gridops.metal's power engine (plugins/module_utils/_power.py) run inside netns.
 
     Returns {"results": [...], "elapsed": seconds inside the engine}.
     """
     payload = json.dumps({"nodes": nodes, "request": request, "window": window, "spacing": spacing})
-    res = procs.run([sys.executable, str(DRIVER)], netns=netns, input=payload, timeout=timeout, check=False)
+    res = procs.run([sys.executable, str(DRIVER)], netns=netns, input=payload, timeout=proc_timeout, check=False)
     if res.returncode != 0:
         raise AssertionError("power driver failed (%d): %s" % (res.returncode, res.stderr[-3000:]))
     return json.loads(res.stdout)

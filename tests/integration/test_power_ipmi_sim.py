@@ -1,0 +1,219 @@
+"""gridops.metal.power against real ipmi_sim BMCs (no machines behind them).
+
+Each BMC is OpenIPMI's ipmi_sim over IPMI-over-LAN in a fresh namespace,
+configured from the lab's templates, with a stub chassis control that keeps
+the power state in a file and logs every request it gets (gridops_test.bmcs).
+That gives the BMC side of every state, boot device and fault, and a record
+of what reached each BMC and when; the QEMU-backed tests
+(test_power_qemu.py) show the same on real machines.
+"""
+import json
+
+import pytest
+
+from gridops_test import bmcs
+
+pytestmark = [pytest.mark.root]
+
+
+@pytest.fixture
+def farm(netns, tmp_path):
+    farm = bmcs.IpmiSimFarm(netns.name, tmp_path / "bmcs", 6)
+    try:
+        yield farm.start()
+    finally:
+        farm.close()
+
+
+def sets(farm, name):
+    return [what for _stamp, what in farm.events(name)]
+
+
+def by_name(results):
+    return dict((r["name"], r) for r in results["results"])
+
+
+def test_states_change_what_the_bmc_reports(farm, netns):
+    ns = netns.name
+    nodes = farm.nodes()[:3]
+    names = [n["name"] for n in nodes]
+    addr = dict((b["name"], b["address"]) for b in farm.bmcs)
+
+    res = by_name(bmcs.run_engine(ns, nodes, state="query"))
+    assert [res[n]["previous_power"] for n in names] == ["off"] * 3
+    assert all(not r["changed"] and not r["failed"] for r in res.values())
+    assert all(sets(farm, n) == [] for n in names)
+
+    res = by_name(bmcs.run_engine(ns, nodes, state="on"))
+    for n in names:
+        assert res[n]["changed"] and res[n]["actions"] == ["on"] and res[n]["power"] == "on"
+        assert sets(farm, n) == ["set power 1"]
+        assert bmcs.ipmitool_power(ns, addr[n]) == "on"
+    # Idempotent: already on, nothing sent.
+    res = by_name(bmcs.run_engine(ns, nodes, state="on"))
+    assert not any(r["changed"] for r in res.values())
+    assert sets(farm, names[0]) == ["set power 1"]
+
+    res = by_name(bmcs.run_engine(ns, nodes[:1], state="reset"))
+    assert res[names[0]]["actions"] == ["reset"] and res[names[0]]["power"] == "on"
+    assert sets(farm, names[0])[-1] == "set reset 1"
+
+    # ipmi_sim does the cycle itself: off, then on after its one-second poll.
+    res = by_name(bmcs.run_engine(ns, nodes[:1], state="cycle"))
+    assert res[names[0]]["actions"] == ["cycle"] and res[names[0]]["power"] == "on"
+    assert sets(farm, names[0])[-2:] == ["set power 0", "set power 1"]
+
+    res = by_name(bmcs.run_engine(ns, nodes[:1], state="shutdown"))
+    assert res[names[0]]["actions"] == ["shutdown"] and res[names[0]]["power"] == "off"
+    assert sets(farm, names[0])[-1] == "set shutdown 1"
+    assert bmcs.ipmitool_power(ns, addr[names[0]]) == "off"
+
+    # reset and cycle power on a node that is off; off powers off.
+    res = by_name(bmcs.run_engine(ns, nodes, state="cycle"))
+    assert res[names[0]]["actions"] == ["on (was off)"] and res[names[1]]["actions"] == ["cycle"]
+    res = by_name(bmcs.run_engine(ns, nodes, state="off"))
+    assert all(r["actions"] == ["off"] and r["power"] == "off" for r in res.values())
+    assert [bmcs.ipmitool_power(ns, addr[n]) for n in names] == ["off"] * 3
+
+
+@pytest.mark.parametrize("device, ipmitool_says", [
+    ("pxe", "Force PXE"), ("disk", "Force Boot from default Hard-Drive"),
+    ("cdrom", "Force Boot from CD/DVD"), ("bios", "Force Boot into BIOS Setup"),
+])
+def test_boot_device_is_set_and_read_back(farm, netns, device, ipmitool_says):
+    ns = netns.name
+    nodes = farm.nodes()[:1]
+    name, address = nodes[0]["name"], farm.bmcs[0]["address"]
+    (res,) = bmcs.run_engine(ns, nodes, state="query", boot_device=device)["results"]
+    assert not res["failed"] and res["changed"]
+    assert res["actions"] == ["boot device %s (next boot)" % device]
+    assert res["boot_device"]["device"] == device
+    assert bmcs.ipmitool_bootdev(ns, address) == ipmitool_says
+    assert sets(farm, name)[-1].startswith("set boot ")
+
+
+def test_boot_device_persistence_dropped_is_a_warning(farm, netns):
+    """ipmi_sim passes only the device to its chassis control, never the persistent flag."""
+    (res,) = bmcs.run_engine(netns.name, farm.nodes()[:1], state="query", boot_device="pxe",
+                             boot_persistent=True)["results"]
+    assert not res["failed"] and res["boot_device"]["device"] == "pxe"
+    assert res["boot_device"]["persistent"] is False
+    assert res["warnings"] == ["the BMC took boot device pxe but dropped the persistent flag"]
+    # `default` removes the override.
+    (res,) = bmcs.run_engine(netns.name, farm.nodes()[:1], boot_device="default")["results"]
+    assert res["boot_device"]["device"] == "default"
+    assert sets(farm, farm.bmcs[0]["name"])[-1] == "set boot none"
+
+
+def test_faults_stay_with_their_node(farm, netns):
+    """Wrong password, unreachable BMC, refused and ignored commands: the others proceed."""
+    names = [b["name"] for b in farm.bmcs]
+    farm.fault(names[2], "refuse-power")
+    farm.fault(names[3], "ignore-power")
+    farm.fault(names[4], "ignore-boot")
+    nodes = farm.nodes(**{names[0]: {"bmc_password": "not-the-password"},
+                          names[1]: {"bmc_address": "10.214.99.99"}})
+    res = by_name(bmcs.run_engine(netns.name, nodes, state="on", boot_device="disk", timeout=3,
+                                  login_timeout=2))
+    assert res[names[0]]["error_kind"] == "auth"
+    assert res[names[0]]["error"] == ("BMC 10.214.0.10:623: login refused: Incorrect password provided "
+                                      "(check bmc_user and bmc_password)")
+    assert res[names[1]]["error_kind"] == "unreachable"
+    assert res[names[1]]["error"].startswith("BMC 10.214.99.99:623: no answer within 2s")
+    assert res[names[2]]["error_kind"] == "protocol"
+    # ipmi_sim answers "unspecified error" when its chassis control fails.
+    assert res[names[2]]["error"] == "BMC 10.214.0.12:623: chassis power on refused: Unspecified (0xff)"
+    assert res[names[3]]["error_kind"] == "timeout"
+    assert res[names[3]]["error"] == "BMC 10.214.0.13:623: power still off 3s after the request (wanted on)"
+    assert res[names[4]]["error_kind"] == "refused"
+    assert res[names[4]]["error"] == "BMC 10.214.0.14:623: asked for boot device disk, the BMC keeps default"
+    assert sets(farm, names[4]) == ["set boot default"]  # and no power-on: it would boot the wrong thing
+    good = res[names[5]]
+    assert not good["failed"] and good["power"] == "on" and good["boot_device"]["device"] == "disk"
+    # Failed nodes changed nothing they could not see through.
+    assert farm.power(names[0]) == farm.power(names[1]) == "off"
+
+
+def test_window_and_spacing_at_the_bmcs(farm, netns):
+    """Seen from the BMCs: requests at least `spacing` apart, at most `window` nodes at a time."""
+    res = bmcs.run_engine(netns.name, farm.nodes(), state="on", window=2, spacing=0.3)
+    firsts = sorted(farm.events(b["name"])[0][0] for b in farm.bmcs)
+    gaps = [b - a for a, b in zip(firsts, firsts[1:])]
+    assert min(gaps) >= 0.25, gaps
+    spans = [(r["started"], r["started"] + r["elapsed"]) for r in res["results"]]
+    for start, _end in spans:
+        assert sum(1 for s, e in spans if s <= start < e) <= 2
+    assert res["elapsed"] >= 5 * 0.3
+
+
+def test_module_end_to_end(farm, netns):
+    """Through ansible-playbook: check mode sends nothing, then the real run, failures per node."""
+    names = [b["name"] for b in farm.bmcs]
+    farm.set_power(names[1], "on")
+    nodes = farm.nodes(**{names[5]: {"bmc_password": "not-the-password"}})
+    args = {"nodes": nodes, "state": "off", "boot_device": "pxe", "login_timeout": 3}
+
+    res, _wall = bmcs.run_module(netns.name, args, check_mode=True, diff=True)
+    assert not res.get("failed"), res
+    assert res["changed"] and res["failed_nodes"] == [names[5]]
+    assert res["nodes"][names[1]]["actions"] == ["boot device pxe (next boot)", "off"]
+    assert res["nodes"][names[0]]["actions"] == ["boot device pxe (next boot)"]
+    assert res["nodes"][names[1]]["previous_power"] == "on" and res["nodes"][names[1]]["power"] == "off"
+    assert all(sets(farm, n) == [] for n in names), "check mode sent a request"
+    assert res["diff"]["before"][names[1]] == {"power": "on", "boot_device": "default"}
+    assert res["diff"]["after"][names[1]] == {"power": "off", "boot_device": "pxe"}
+
+    res, _wall = bmcs.run_module(netns.name, args)
+    assert not res.get("failed"), res
+    assert res["failed_nodes"] == [names[5]] and res["nodes"][names[5]]["error_kind"] == "auth"
+    assert sorted(res["changed_nodes"]) == names[:5]
+    assert farm.power(names[1]) == "off" and sets(farm, names[1]) == ["set boot pxe", "set power 0"]
+    assert res["warnings"] == ["%s: BMC 10.214.0.15:623: login refused: Incorrect password provided "
+                               "(check bmc_user and bmc_password)" % names[5]]
+    # Secrets never come back.
+    assert bmcs.PASSWORD not in json.dumps(res) and "not-the-password" not in json.dumps(res)
+
+    res, _wall = bmcs.run_module(netns.name, dict(args, fail_on_any=True))
+    assert res.get("failed") and res["failed_nodes"] == [names[5]]
+    # ipmi_sim never marks a boot device valid, so it is set again: changed.
+    assert res["changed"] and res["nodes"][names[1]]["actions"] == ["boot device pxe (next boot)"]
+    res, _wall = bmcs.run_module(netns.name, dict(args, nodes=nodes[5:]))
+    assert res.get("failed") and res["msg"] == "1 node(s): 0 changed, 1 failed"
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"state": "hibernate"}, "value of state must be one of: query, on, off, shutdown, reset, cycle, reboot"),
+    ({"boot_device": "floppy"}, "value of boot_device must be one of: pxe, disk, cdrom, bios, default"),
+    ({"state": "reboot", "very_hard": {"command": ["pdu", "{outlet}"]}}, "names {outlet}"),
+    ({"window": 0}, "window must be at least 1"),
+])
+def test_bad_arguments_are_refused_before_anything_is_sent(farm, netns, args, message):
+    res, _wall = bmcs.run_module(netns.name, dict({"nodes": farm.nodes()}, **args))
+    assert res.get("failed") and message in res["msg"], res["msg"]
+    assert "nodes" not in res
+    assert all(farm.events(b["name"]) == [] for b in farm.bmcs)
+
+
+def test_reboot_ladder_on_bmcs(farm, netns, tmp_path):
+    """No sshd at the nodes: soft fails, hard cycles; a stopped BMC gets the operator's command."""
+    names = [b["name"] for b in farm.bmcs]
+    farm.set_power(names[0], "on")
+    farm.stop_bmc(names[2])
+    pdu_log = tmp_path / "pdu.log"
+    # The "PDU" of this farm: turns the stub's power file on.
+    pdu = ["sh", "-c", 'echo "$1 $2" >> %s && echo 1 > %s/"$1"/power' % (pdu_log, farm.base), "pdu",
+           "{name}", "{bmc_address}"]
+    nodes = [dict(n, host=n["bmc_address"]) for n in farm.nodes()[:3]]
+    res = by_name(bmcs.run_engine(netns.name, nodes, state="reboot", login_timeout=2,
+                                  soft={"connect_timeout": 2, "timeout": 5}, hard={"timeout": 10},
+                                  very_hard={"command": pdu, "timeout": 10}))
+    for n in names[:2]:
+        assert res[n]["level"] == "hard" and res[n]["power"] == "on", res[n]
+        assert [a["level"] for a in res[n]["attempts"]] == ["soft", "hard"]
+        assert "Connection refused" in res[n]["attempts"][0]["error"]
+    assert res[names[0]]["actions"] == ["cycle"] and res[names[1]]["actions"] == ["on (was off)"]
+    broken = res[names[2]]
+    assert broken["level"] == "very_hard" and not broken["failed"]
+    assert "no answer within 2s" in broken["attempts"][1]["error"]
+    assert pdu_log.read_text() == "%s 10.214.0.12\n" % names[2]
+    assert farm.power(names[2]) == "on"
