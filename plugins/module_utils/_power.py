@@ -263,6 +263,7 @@ class NodeRun(object):
         self.clock = clock
         self.res = new_result(node)
         self.bmc = None
+        self.boot_pending = None
 
     # -- helpers
 
@@ -303,6 +304,11 @@ class NodeRun(object):
         except IpmiError as exc:
             if exc.kind != "refused":
                 raise
+        have = (self.res["boot_device"] or {}).get("device")
+        if self.boot_pending and have != self.boot_pending:
+            self.res["warnings"].append(
+                "the BMC accepted boot device %s but still reports %s: it may apply it only at the next "
+                "power-on (state=cycle powers off and on)" % (self.boot_pending, have))
 
     def _boot_device(self):
         device = self.req["boot_device"]
@@ -325,6 +331,13 @@ class NodeRun(object):
         got = self.bmc.set_boot_device(device, want["persistent"], want["uefi"])
         self._act(label)
         self.res["boot_device"] = got
+        if got["device"] != device:
+            if self.res["previous_power"] != "on":
+                raise IpmiError("%s: asked for boot device %s, the BMC keeps %s"
+                                % (self.bmc.label, device, got["device"]), "refused")
+            # Some BMCs (virtualbmc) report the new device only after the next
+            # power-on: look again at the end.
+            self.boot_pending = device
         for flag in ("persistent", "uefi"):
             if want[flag] and not got.get(flag):
                 self.res["warnings"].append("the BMC took boot device %s but dropped the %s flag" % (device, flag))

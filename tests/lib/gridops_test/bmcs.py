@@ -234,11 +234,12 @@ class IpmiSimFarm:
 class QemuNode:
     """A lab node (QEMU TCG, network boot first) and its ipmi_sim BMC on a bridge address."""
 
-    def __init__(self, netns, bridge, tap, base_dir, mac, bmc_address, memory_mb=256, port=623,
+    def __init__(self, netns, bridge, tap, parent_dir, mac, bmc_address, memory_mb=256, port=623,
                  user=USER, password=PASSWORD):
         self.netns, self.bridge, self.tap = netns, bridge, tap
-        self.dir = pathlib.Path(base_dir)
         self.name = net.unique_name("gpn", maxlen=32)
+        # <parent_dir>/<name>: an operator's command template can find it from {name}.
+        self.dir = pathlib.Path(parent_dir) / self.name
         self.mac, self.bmc_address, self.port = mac, bmc_address, port
         self.user, self.password = user, password
         self.memory_mb = memory_mb
