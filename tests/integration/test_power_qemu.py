@@ -15,8 +15,10 @@
 Every state is cross-checked with `ipmitool -I lanplus -C 3` and the QEMU
 process itself.
 """
+import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -169,3 +171,95 @@ def test_virtualbmc_node(vbmc_lab, netns):
     assert not res.get("failed") and res["nodes"][name]["power"] == "off"
     procs.wait_for(lambda: lab.qemu_pid(name) is None, 30, what="QEMU gone")
     assert bmcs.ipmitool_power(ns, address) == "off"
+
+
+TFTP_FILES = {"pxelinux.0": "/usr/lib/PXELINUX/pxelinux.0", "ldlinux.c32": "/usr/lib/syslinux/modules/bios/ldlinux.c32"}
+PXELINUX_CFG = """DEFAULT ramdisk
+PROMPT 0
+LABEL ramdisk
+  KERNEL vmlinuz
+  INITRD initrd.img
+  APPEND console=ttyS0 loglevel=4 panic=-1
+"""
+
+
+def test_escalation_levels_on_machines(netns, bridge, tap_factory, daemon_factory, tmp_path, guest_initramfs_ssh,
+                                       guest_ssh_key):
+    """One task, three outcomes: soft where sshd runs, hard where it does not, very hard where the BMC is broken."""
+    _need("ipmi_sim", "ipmitool", "qemu-system-x86_64", "dnsmasq", "ssh")
+    if not all(os.path.exists(p) for p in TFTP_FILES.values()):
+        pytest.skip("pxelinux missing")
+    tftp = tmp_path / "tftp"
+    (tftp / "pxelinux.cfg").mkdir(parents=True)
+    for name, src in TFTP_FILES.items():
+        shutil.copy(src, tftp / name)
+    shutil.copy(guest_initramfs_ssh["vmlinuz"], tftp / "vmlinuz")
+    shutil.copy(guest_initramfs_ssh["initramfs"], tftp / "initrd.img")
+    (tftp / "pxelinux.cfg" / "default").write_text(PXELINUX_CFG)
+
+    parent = tmp_path / "nodes"
+    sshd = bmcs.QemuNode(netns, bridge, tap_factory(bridge), parent, "52:54:00:21:50:11", "10.213.0.161")
+    plain = bmcs.QemuNode(netns, bridge, tap_factory(bridge), parent, "52:54:00:21:50:12", "10.213.0.162")
+    # Only the node with sshd gets an address: the other loops in iPXE, unreachable.
+    daemon_factory(["dnsmasq", "-k", "--conf-file=/dev/null", "--port=0", "--pid-file=", "--user=root",
+                    "--interface=%s" % bridge.name, "--bind-interfaces", "--dhcp-range=10.213.0.0,static",
+                    "--dhcp-host=%s,10.213.0.21" % sshd.mac, "--dhcp-leasefile=%s" % (tmp_path / "leases"),
+                    "--dhcp-boot=pxelinux.0", "--enable-tftp", "--tftp-root=%s" % tftp]
+                   + bridge.dnsmasq_ra_options(), netns=netns.name, name="dnsmasq")
+    try:
+        sshd.start()
+        plain.start()
+        ns = netns.name
+        nodes = [sshd.node(host="10.213.0.21"), plain.node(host="10.213.0.22")]
+        sshd.mark_console()
+        start = time.monotonic()
+        res, _wall = bmcs.run_module(ns, {"nodes": nodes, "state": "on"})
+        assert res["changed_nodes"] == [sshd.name, plain.name], res
+        sshd.wait_console(r"GRIDOPS-INITRAMFS-READY ip=10\.213\.0\.21", timeout=120)
+        figures = {"power_on_to_ssh_ramdisk_s": round(time.monotonic() - start, 1)}
+        pids = {sshd.name: sshd.qemu_pid(), plain.name: plain.qemu_pid()}
+
+        # The "PDU" of the lab: the node script power-cycles the QEMU process itself.
+        pdu = [bmcs.SYSTEM_PYTHON, str(bmcs.NODE_SCRIPT), "%s/{name}" % parent, "power", "cycle"]
+        ladder = {"state": "reboot", "login_timeout": 3,
+                  "soft": {"private_key": guest_ssh_key["private"], "connect_timeout": 3, "timeout": 30},
+                  "hard": {"timeout": 30}, "very_hard": {"command": pdu, "timeout": 60}}
+        sshd.mark_console()
+        res, wall = bmcs.run_module(ns, dict(ladder, nodes=nodes))
+        figures["ladder_task_s"] = round(wall, 1)
+        figures["ladder_levels_s"] = dict((r["name"][:3] + str(i), [a["elapsed"] for a in r["attempts"]])
+                                          for i, r in enumerate(res["nodes"].values()))
+        assert not res.get("failed") and res["failed_nodes"] == [], res
+        soft, hard = res["nodes"][sshd.name], res["nodes"][plain.name]
+        assert soft["level"] == "soft" and soft["actions"] == ["ssh reboot"]
+        # The guest rebooted itself: same QEMU process, a new firmware run on its console.
+        assert sshd.qemu_pid() == pids[sshd.name]
+        sshd.wait_console(r"GRIDOPS-INITRAMFS-POWEROFF[\s\S]*iPXE", timeout=60)
+        assert hard["level"] == "hard" and hard["actions"] == ["cycle"]
+        assert [a["level"] for a in hard["attempts"]] == ["soft", "hard"]
+        assert hard["attempts"][0]["error"].startswith("ssh root@10.213.0.22:22: ")
+        assert plain.qemu_pid() not in (None, pids[plain.name])
+        pids[plain.name] = plain.qemu_pid()
+
+        # A wrong password: the BMC refuses the hard level, the PDU cycles the node.
+        res, wall = bmcs.run_module(ns, dict(ladder, nodes=[plain.node(host="10.213.0.22",
+                                                                       bmc_password="not-the-password")]))
+        figures["wrong_password_task_s"] = round(wall, 1)
+        broken = res["nodes"][plain.name]
+        assert broken["level"] == "very_hard" and not broken["failed"], broken
+        assert "login refused: Incorrect password provided" in broken["attempts"][1]["error"]
+        assert plain.qemu_pid() not in (None, pids[plain.name])
+        pids[plain.name] = plain.qemu_pid()
+
+        # A stopped BMC: no answer, the PDU again.
+        plain.stop_bmc()
+        res, wall = bmcs.run_module(ns, dict(ladder, nodes=[plain.node(host="10.213.0.22")]))
+        figures["stopped_bmc_task_s"] = round(wall, 1)
+        broken = res["nodes"][plain.name]
+        assert broken["level"] == "very_hard" and broken["power"] is None, broken
+        assert "no answer within 3s" in broken["attempts"][1]["error"]
+        assert plain.qemu_pid() not in (None, pids[plain.name])
+        print("\nFIGURES %s" % json.dumps(figures, sort_keys=True))
+    finally:
+        plain.close()
+        sshd.close()
