@@ -4,12 +4,14 @@
 
 """Build the lab's and the tests' artifacts from Debian packages, with a cache.
 
-Four kinds, one function each, every one taking a recipe dict:
+Five kinds, one function each, every one taking a recipe dict:
 
 * ``kernel``: Debian's kernel for guests (vmlinuz + modules tree);
-* ``initramfs``: a small busybox initramfs for test guests;
+* ``initramfs``: a small busybox initramfs for test guests and the deploy environment;
 * ``rootfs``: a debootstrap'ed root file system as a .tar.zst;
-* ``container_image``: a local podman image of a systemd rootfs.
+* ``container_image``: a local podman image of a systemd rootfs;
+* ``image``: an environment image to deploy onto nodes, a rootfs with files,
+  services and a first-boot script, as a compressed tarball with its sha256.
 
 Each artifact lives in ``<cache>/<kind>/<key>/`` where ``key`` is the sha256 of
 the canonical JSON of (kind, builder version, normalised recipe, resolved
@@ -41,7 +43,7 @@ import subprocess
 import tempfile
 import time
 
-KINDS = ("kernel", "initramfs", "rootfs", "container_image")
+KINDS = ("kernel", "initramfs", "rootfs", "container_image", "image")
 
 # Bump a kind's number when its builder changes what it produces.
 BUILDER_VERSION = {
@@ -49,6 +51,7 @@ BUILDER_VERSION = {
     "initramfs": 1,
     "rootfs": 3,
     "container_image": 1,
+    "image": 1,
 }
 
 DEFAULT_CACHE = "~/.cache/gridops-metal"
@@ -63,6 +66,11 @@ CONTAINER_BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python
 DEFAULT_INITRAMFS_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "crc32c_generic", "ext4")
 
 _SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Environment images: tar's option and the file suffix per compression.
+IMAGE_COMPRESSIONS = ("zstd", "gzip", "xz", "none")
+_IMAGE_TAR = {"zstd": ("--zstd", ".tar.zst"), "gzip": ("--gzip", ".tar.gz"), "xz": ("--xz", ".tar.xz"),
+              "none": (None, ".tar")}
 
 
 class ArtifactError(Exception):
@@ -108,6 +116,18 @@ RECIPE_SPECS = {
         "mirror": _Opt("str", DEBIAN_MIRROR),
         "components": _Opt("list", ["main"]),
         "packages": _Opt("set", []),
+    },
+    "image": {
+        "suite": _Opt("str", "bookworm"),
+        "mirror": _Opt("str", DEBIAN_MIRROR),
+        "variant": _Opt("str", "minbase", choices=("minbase", "buildd", "-")),
+        "components": _Opt("list", ["main"]),
+        "packages": _Opt("set", []),
+        "kernel": _Opt("text", "linux-image-amd64"),
+        "files": _Opt("files", []),
+        "services": _Opt("list", []),
+        "first_boot": _Opt("text", ""),
+        "compression": _Opt("str", "zstd", choices=IMAGE_COMPRESSIONS),
     },
 }
 
@@ -184,6 +204,12 @@ def normalize_recipe(kind, recipe):
         out["modules"] = list(dict.fromkeys(m.replace("-", "_") for m in out["modules"]))
     if kind == "container_image" and not re.match(r"^[a-z0-9][a-z0-9._/-]*$", out["name"]):
         raise ArtifactError("container_image recipe: name %r is not a valid image name" % out["name"])
+    if kind == "image":
+        if out["kernel"] and not re.match(r"^[a-z0-9][a-z0-9.+-]*$", out["kernel"]):
+            raise ArtifactError("image recipe: kernel %r is not a package name" % out["kernel"])
+        for unit in out["services"]:
+            if not re.match(r"^[A-Za-z0-9@._:-]+$", unit):
+                raise ArtifactError("image recipe: services: %r is not a systemd unit name" % unit)
     return out
 
 
@@ -700,9 +726,21 @@ ip link set lo up
 
 addr=none
 iface=@INTERFACE@
+# BOOTIF=01-<mac> (pxelinux's IPAPPEND 2, iPXE's ${mac:hexhyp}): the interface that booted.
+bootif_mac=
+if bootif=$(opt BOOTIF); then
+    bootif_mac=$(echo "${bootif#01-}" | tr 'ABCDEF-' 'abcdef:')
+fi
+find_iface() {
+    [ -n "$bootif_mac" ] || return 0
+    for dev in /sys/class/net/*; do
+        if [ "$(cat "$dev/address" 2>/dev/null)" = "$bootif_mac" ]; then iface=${dev##*/}; return 0; fi
+    done
+    return 1
+}
 if [ @NETWORK@ = 1 ] && [ "$(opt gridops.net)" != 0 ]; then
     n=0
-    while [ ! -e "/sys/class/net/$iface" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+    until find_iface && [ -e "/sys/class/net/$iface" ] || [ $n -ge 50 ]; do sleep 0.1; n=$((n + 1)); done
     if [ -e "/sys/class/net/$iface" ]; then
         ip link set "$iface" up
         udhcpc -i "$iface" -s /etc/gridops/udhcpc.script -f -q -n -t 10 -T 1 >/run/udhcpc.log 2>&1 ||
@@ -1110,11 +1148,171 @@ def container_image(recipe=None, cache_dir=None, force=False, check=False):
     return res
 
 
+# --------------------------------------------------------------------------
+# image: what nodes are deployed with
+
+
+_FIRST_BOOT_UNIT = """\
+[Unit]
+Description=gridops.metal first-boot script
+ConditionPathExists=!/var/lib/gridops/first-boot.done
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/lib/gridops/first-boot
+ExecStartPost=/bin/sh -c 'mkdir -p /var/lib/gridops && touch /var/lib/gridops/first-boot.done'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+# Every node would otherwise share the build's ssh host keys: they are made on first boot.
+_SSH_KEYS_UNIT = """\
+[Unit]
+Description=gridops.metal ssh host keys
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+_IMAGE_TEMPLATE_HASH = hashlib.sha256((_FIRST_BOOT_UNIT + _SSH_KEYS_UNIT).encode()).hexdigest()
+
+
+def image_rootfs_recipe(recipe):
+    packages = set(recipe["packages"])
+    if recipe["kernel"]:
+        packages.add(recipe["kernel"])
+    return {
+        "suite": recipe["suite"],
+        "mirror": recipe["mirror"],
+        "variant": recipe["variant"],
+        "components": recipe["components"],
+        "packages": sorted(packages),
+    }
+
+
+def _place_files(target, files):
+    for item in files:
+        dest = os.path.join(target, item["path"].lstrip("/"))
+        parent = os.path.realpath(os.path.dirname(dest))
+        if not (parent + "/").startswith(os.path.realpath(target) + "/") or os.path.isdir(dest):
+            raise ArtifactError("file %s would replace a directory or leave the image through a link" % item["path"])
+        if os.path.lexists(dest):
+            os.unlink(dest)
+        if "src" in item:
+            with open(item["src"], "rb") as fh:
+                data = fh.read()
+        else:
+            data = item["content"]
+        _write(dest, data, int(item["mode"], 8))
+
+
+def _build_image(recipe, rres):
+    def build(tmp, runner):
+        if os.geteuid() != 0:
+            raise ArtifactError("building an image needs root (device nodes and owners of the rootfs)")
+        root = os.path.join(tmp, "root")
+        os.mkdir(root)
+        try:
+            runner.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--zstd", "-C", root,
+                        "-xpf", rres["tarball"]])
+            systemd = os.path.exists(os.path.join(root, "lib/systemd/systemd"))
+            units = []
+            if recipe["first_boot"]:
+                if not systemd:
+                    raise ArtifactError("image recipe: first_boot needs systemd in the image (add systemd-sysv)")
+                _write(os.path.join(root, "usr/local/lib/gridops/first-boot"), recipe["first_boot"], 0o755)
+                _write(os.path.join(root, "etc/systemd/system/gridops-first-boot.service"), _FIRST_BOOT_UNIT)
+                units.append("gridops-first-boot.service")
+            for key in glob.glob(os.path.join(root, "etc/ssh/ssh_host_*")):
+                os.unlink(key)
+            if systemd and os.path.exists(os.path.join(root, "usr/sbin/sshd")):
+                _write(os.path.join(root, "etc/systemd/system/gridops-ssh-hostkeys.service"), _SSH_KEYS_UNIT)
+                units.append("gridops-ssh-hostkeys.service")
+            _place_files(root, recipe["files"])
+            units += recipe["services"]
+            if units:
+                if not systemd:
+                    raise ArtifactError("image recipe: services need systemd in the image (add systemd-sysv)")
+                # Offline: systemctl only makes the [Install] links.
+                runner.run(["chroot", root, "systemctl", "enable"] + units, env=_CHROOT_ENV)
+            kernels = sorted(glob.glob(os.path.join(root, "boot", "vmlinuz-*")))
+            if recipe["kernel"] and not kernels:
+                raise ArtifactError("image recipe: kernel %s gave no /boot/vmlinuz-*" % recipe["kernel"])
+            kernel_path = initrd_path = None
+            if kernels:
+                kernel_path = "/" + os.path.relpath(kernels[-1], root)
+                initrd = os.path.join(root, "boot", "initrd.img-" + os.path.basename(kernels[-1])[len("vmlinuz-"):])
+                if os.path.exists(initrd):
+                    initrd_path = "/" + os.path.relpath(initrd, root)
+            flag, suffix = _IMAGE_TAR[recipe["compression"]]
+            tarball = os.path.join(tmp, "image" + suffix)
+            argv = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--sort=name", "-C", root, "-cf",
+                    tarball]
+            runner.run(argv[:-2] + ([flag] if flag else []) + argv[-2:] + ["."])
+        finally:
+            remove_tree(root)
+        shutil.copyfile(rres["manifest"], os.path.join(tmp, "manifest.txt"))
+        return {
+            "tarball": os.path.basename(tarball),
+            "manifest": "manifest.txt",
+            "sha256": sha256_file(tarball),
+            "size": os.path.getsize(tarball),
+            "compression": recipe["compression"],
+            "boot_kernel": kernel_path,
+            "boot_initrd": initrd_path,
+            "package_count": rres.get("package_count"),
+            "rootfs_key": rres["key"],
+        }
+    return build
+
+
+def image(recipe=None, cache_dir=None, force=False, check=False):
+    """An environment image: a rootfs (cached, shared with other recipes) with the recipe's
+    files, enabled services and first-boot script, as one compressed tarball with its sha256.
+
+    The result names the kernel and initrd inside the image (``boot_kernel``,
+    ``boot_initrd``), as an environment description wants them.
+    """
+    started = time.monotonic()
+    cache = Cache(cache_dir)
+    recipe = normalize_recipe("image", recipe)
+    for item in recipe["files"]:
+        if "src" in item and not os.path.isfile(item["src"]):
+            raise ArtifactError("image recipe: file %s: src %s is not a file" % (item["path"], item["src"]))
+    rres = rootfs(image_rootfs_recipe(recipe), cache_dir=cache.root, check=check)
+    inputs = {
+        "rootfs_key": rres["key"],
+        "templates": _IMAGE_TEMPLATE_HASH,
+        "src_files": dict((f["src"], sha256_file(f["src"])) for f in recipe["files"] if "src" in f),
+    }
+    key = cache_key("image", recipe, inputs)
+    if check and rres["changed"]:
+        meta, changed = None, True
+    else:
+        meta, changed = cache.build("image", key, _build_image(recipe, rres), describe=_describe(recipe, inputs),
+                                    force=force, check=check)
+    res = _result(cache, "image", key, meta, changed or rres["changed"], recipe, inputs, started,
+                  ("tarball", "manifest"))
+    res["rootfs"] = rres
+    return res
+
+
 BUILDERS = {
     "kernel": kernel,
     "initramfs": initramfs,
     "rootfs": rootfs,
     "container_image": container_image,
+    "image": image,
 }
 
 

@@ -9,11 +9,12 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: lab_artifact
-short_description: Build or reuse a guest kernel, initramfs, root file system or container image from Debian packages
+short_description: Build or reuse a kernel, initramfs, root file system, container image or environment image from Debian packages
 version_added: 0.1.0
 description:
-  - Makes, from Debian packages only, the artifacts the lab and the tests boot or run,
-    and keeps them in a cache shared by every run on the machine.
+  - Makes, from Debian packages only, the artifacts the lab and the tests boot or run, the deploy
+    environment and the images nodes are deployed with, and keeps them in a cache shared by every
+    run on the machine.
   - C(kernel) is Debian's kernel for guests, C(vmlinuz) and its modules tree. The meta package
     (C(linux-image-amd64)) is followed to the exact C(linux-image-<abi>-amd64) package, whose
     version is part of the cache key, and only that one package is downloaded.
@@ -23,18 +24,23 @@ description:
     C(GRIDOPS-INITRAMFS-READY ip=<address>) on the console, then leaves a shell on the console
     from which C(poweroff) powers the guest off. On the kernel command line C(gridops.net=0)
     skips the network, C(gridops.hook=/path) runs a program after the ready marker and
-    C(gridops.poweroff) powers off at the end.
+    C(gridops.poweroff) powers off at the end; C(BOOTIF=01-<mac>), as pxelinux and iPXE pass it,
+    makes it use the interface with that MAC.
   - C(rootfs) is a C(debootstrap) root file system (C(minbase) by default) kept as C(rootfs.tar.zst)
     with a manifest of the installed packages.
   - C(container_image) is a podman image, C(localhost/<name>:<tag>), imported from a rootfs with
     systemd, systemd-sysv, dbus, python3, python3-apt and iproute2 plus the recipe's packages,
     with C(/var/lib/apt/lists) kept. Its command is C(/sbin/init); run it with C(--systemd=always).
+  - C(image) is an environment image to deploy onto nodes (see the C(image_builder) role), a C(rootfs)
+    with the kernel package, extra files, enabled systemd services and a first-boot script, as one
+    compressed tarball with its sha256 and the paths of its kernel and initrd. Its ssh host keys are
+    removed and made again on each node's first boot; C(/etc/machine-id) is empty.
   - The cache key is the sha256 of the kind, the builder's version, the recipe with its defaults,
     and what was resolved from the machine (package versions, hashes of copied host files). A
     changed recipe gives a new artifact; an unchanged one is reused.
   - Builds run under a lock per key into a temporary directory renamed into place when complete,
     so concurrent runs sharing a cache build each artifact once and a failed build leaves nothing.
-  - Runs where the artifacts are wanted, usually C(localhost). C(rootfs) and C(container_image) need root.
+  - Runs where the artifacts are wanted, usually C(localhost). C(rootfs), C(container_image) and C(image) need root.
 author:
   - gridops.metal developers (@gridops)
 options:
@@ -43,7 +49,7 @@ options:
       - Which artifact to build.
     type: str
     required: true
-    choices: [kernel, initramfs, rootfs, container_image]
+    choices: [kernel, initramfs, rootfs, container_image, image]
   recipe:
     description:
       - What to build. Options not given take their defaults, listed here per kind.
@@ -62,6 +68,10 @@ options:
         C(packages) (extra packages, default C([]))."
       - "C(container_image): C(name) (default C(gridops-systemd)); C(suite); C(mirror); C(components);
         C(packages) (extra packages besides the systemd base)."
+      - "C(image): C(suite), C(mirror), C(variant), C(components), C(packages) as for C(rootfs);
+        C(kernel) (kernel package, default C(linux-image-amd64), empty for none); C(files) (as for
+        C(initramfs)); C(services) (systemd units to enable); C(first_boot) (a script run once, at the
+        first boot, by a systemd unit); C(compression) (C(zstd), C(gzip), C(xz) or C(none), default C(zstd))."
     type: dict
     default: {}
   cache_dir:
@@ -84,13 +94,13 @@ attributes:
     description: Artifacts are binary; the key says what changed.
 notes:
   - The packages are those of the machine's APT sources for C(kernel), and of O(recipe)'s mirror
-    for C(rootfs) and C(container_image). The initramfs uses C(busybox-static) and C(dropbear-bin)
+    for C(rootfs), C(container_image) and C(image). The initramfs uses C(busybox-static) and C(dropbear-bin)
     from the machine.
   - A missing package list makes the module run C(apt-get update) once, also in check mode.
 requirements:
   - apt, dpkg-deb and depmod (C(kernel))
   - busybox-static, and dropbear-bin when keys are given (C(initramfs))
-  - debootstrap, tar and zstd (C(rootfs))
+  - debootstrap, tar and zstd (C(rootfs), C(image))
   - podman (C(container_image))
 seealso:
   - name: debootstrap
@@ -130,6 +140,20 @@ EXAMPLES = r"""
       name: gridops-deploy-server
       packages: [dnsmasq, nginx-light, ipmitool, pxelinux, syslinux-common, ipxe, openssh-client, python3-pyghmi]
   register: deploy_server_image
+
+- name: A small environment image with ssh, DHCP on every Ethernet interface and a first-boot script
+  gridops.metal.lab_artifact:
+    kind: image
+    recipe:
+      packages: [systemd-sysv, openssh-server, python3]
+      files:
+        - path: /etc/systemd/network/80-dhcp.network
+          content: "[Match]\nName=e*\n[Network]\nDHCP=yes\n"
+      services: [systemd-networkd]
+      first_boot: |
+        #!/bin/sh
+        echo "first boot of $(hostname)" > /etc/motd
+  register: node_image
 
 - name: Would a minbase rootfs with openssh-server have to be built?
   gridops.metal.lab_artifact:
@@ -236,22 +260,43 @@ ssh:
   returned: when O(kind=initramfs) and the artifact exists
   type: bool
 size:
-  description: Size in bytes of the initramfs or of the rootfs tarball.
-  returned: when O(kind) is V(initramfs) or V(rootfs) and the artifact exists
+  description: Size in bytes of the initramfs, or of the rootfs or image tarball.
+  returned: when O(kind) is V(initramfs), V(rootfs) or V(image) and the artifact exists
   type: int
   sample: 1768101
 tarball:
-  description: The root file system as a zstd-compressed tar (numeric owners, xattrs kept).
-  returned: when O(kind=rootfs) and the artifact exists
+  description:
+    - The root file system as a zstd-compressed tar (numeric owners, xattrs kept).
+    - For O(kind=image), the image as a tar compressed as the recipe says (C(image.tar.zst), C(.tar.gz), C(.tar.xz), C(.tar)).
+  returned: when O(kind) is V(rootfs) or V(image) and the artifact exists
   type: str
 manifest:
   description: The installed packages, one C(name<TAB>version) a line.
-  returned: when O(kind=rootfs) and the artifact exists
+  returned: when O(kind) is V(rootfs) or V(image) and the artifact exists
   type: str
 package_count:
   description: How many packages the root file system holds.
-  returned: when O(kind=rootfs) and the artifact exists
+  returned: when O(kind) is V(rootfs) or V(image) and the artifact exists
   type: int
+sha256:
+  description: The sha256 of the image tarball.
+  returned: when O(kind=image) and the artifact exists
+  type: str
+compression:
+  description: The compression of the image tarball.
+  returned: when O(kind=image) and the artifact exists
+  type: str
+  sample: zstd
+boot_kernel:
+  description: The kernel inside the image (null when the image has none).
+  returned: when O(kind=image) and the artifact exists
+  type: str
+  sample: /boot/vmlinuz-6.1.0-56-amd64
+boot_initrd:
+  description: The initrd inside the image (null when the image has none).
+  returned: when O(kind=image) and the artifact exists
+  type: str
+  sample: /boot/initrd.img-6.1.0-56-amd64
 image:
   description: The podman image reference; its tag comes from the key.
   returned: when O(kind=container_image)
@@ -262,16 +307,16 @@ image_id:
   returned: when O(kind=container_image) and the artifact exists
   type: str
 rootfs_key:
-  description: The key of the root file system the image was imported from.
-  returned: when O(kind=container_image) and the artifact exists
+  description: The key of the root file system the image was made from.
+  returned: when O(kind) is V(container_image) or V(image) and the artifact exists
   type: str
 kernel:
   description: The result for the kernel the initramfs was built for (same keys as for O(kind=kernel)).
   returned: when O(kind=initramfs)
   type: dict
 rootfs:
-  description: The result for the root file system the image was imported from (same keys as for O(kind=rootfs)).
-  returned: when O(kind=container_image)
+  description: The result for the root file system the image was made from (same keys as for O(kind=rootfs)).
+  returned: when O(kind) is V(container_image) or V(image)
   type: dict
 """
 
