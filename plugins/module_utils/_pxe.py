@@ -224,6 +224,7 @@ def normalize_node(node, index=None, need_profile=False):
             raise NetbootError("%s.ip: %r is not an IPv4 address" % (where, ip))
     if out["mac"] is None and out["ip"] is None:
         raise NetbootError("%s: needs a mac or an ip" % where)
+    out["named"] = out["name"] is not None
     if out["name"] is None:
         out["name"] = out["mac"] or out["ip"]
     if node.get("profile") is not None:
@@ -401,6 +402,7 @@ def validate_server(config):
             errors.add("%s.mac: required in dhcp mode (the reservation is made by MAC)" % where)
     for node in nodes:
         node["loader"] = node["loader"] or loader
+        del node["named"]
     out["nodes"] = nodes
     out["mode"] = mode
     out["loader"] = loader
@@ -643,10 +645,21 @@ def _current_profile(paths):
     return parsed[1]
 
 
-def _current_loader(paths):
-    """The loader a node's DHCP entry selects, if it has one."""
-    match = re.search(r",set:%s(\w+)" % DHCP_TAG_PREFIX, read_text(paths.get("dhcp", "")) or "")
-    return match.group(1) if match and match.group(1) in LOADERS else None
+def _current_dhcp(paths):
+    """What a node's DHCP entry holds now: {loader, ip, name} (empty without one)."""
+    text = read_text(paths["dhcp"]) if "dhcp" in paths else None
+    parsed = parse_header(text)
+    if parsed is None:
+        return {}
+    current = {"name": parsed[0]}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            for field in line.split(",")[1:]:
+                if field.startswith("set:" + DHCP_TAG_PREFIX) and field[len(DHCP_TAG_PREFIX) + 4:] in LOADERS:
+                    current["loader"] = field[len(DHCP_TAG_PREFIX) + 4:]
+                elif re.match(r"^\d+\.\d+\.\d+\.\d+$", field):
+                    current["ip"] = field
+    return current
 
 
 class _Plan:
@@ -662,7 +675,7 @@ class _Plan:
         if before != text:
             self.writes.append((path, text, before))
             if dhcp and before is not None:
-                # dnsmasq adds new hostsdir files by itself but keeps a changed file's old entry until SIGHUP.
+                # dnsmasq adds new hostsdir files by itself but keeps a changed file's old entry until told.
                 self.dhcp_reload = True
             return True
         return False
@@ -738,11 +751,15 @@ def netboot(config, nodes, state="present", default_profile=None, initial_profil
             exclusive=False, check_mode=False):
     """Set (present), remove (absent) or read (query) the boot profile of nodes.
 
-    A node given without a profile with state=present keeps the profile it has
-    (its files are rendered again), or gets `initial_profile` when it has none.
-    With `exclusive`, per-node files of nodes not listed are removed.
-    Returns a dict: changed, nodes {name: {mac, ip, loader, previous, profile, changed, files}},
-    changed_nodes, removed, dhcp_reload, default (when default_profile is given), diff.
+    With state=present, what a call does not say stays as it was: a node given
+    without a profile keeps the one it has (its files are rendered again), or
+    gets `initial_profile` when it has none; a node given without a name, an IP
+    or a loader keeps those of its files.  With `exclusive`, the files of nodes
+    not listed are removed.  Everything is checked before anything is written.
+
+    Returns a dict: changed, nodes {name: {mac, ip, loader, previous, profile,
+    changed, files}}, changed_nodes, removed, dhcp_reload, default (when
+    default_profile is given), diff.
     """
     if state not in ("present", "absent", "query"):
         raise NetbootError("state: %r is not one of present, absent, query" % (state,))
@@ -750,70 +767,69 @@ def netboot(config, nodes, state="present", default_profile=None, initial_profil
     initial = normalize_profile(initial_profile, "initial_profile")
     default = normalize_profile(default_profile, "default_profile") if default_profile is not None else None
     errors = _Errors()
-    plan = _Plan()
-    result = {"nodes": {}, "changed_nodes": [], "removed": []}
-    rendered = []
+    result = {"nodes": {}}
+    work = []       # (node as it will be written, its paths, its result entry)
     for node in nodes:
         paths = node_paths(config, node)
+        current = _current_dhcp(paths)
+        if not node["named"]:
+            parsed = parse_header(read_text(paths["ipxe"]))
+            node = dict(node, name=(parsed and parsed[0]) or current.get("name") or node["name"])
+        if node["name"] in result["nodes"]:
+            errors.add("node %r: given twice (by name, and by MAC or IP)" % node["name"])
+            continue
         previous = _current_profile(paths)
-        entry = {"mac": node["mac"], "ip": node["ip"], "previous": previous, "changed": False,
-                 "files": sorted(paths.values())}
+        node = dict(node, ip=node["ip"] or current.get("ip"),
+                    loader=node["loader"] or current.get("loader") or (config.loader if state == "present" else None))
+        if state == "present":
+            profile = node["profile"] or previous or initial
+        else:
+            profile = previous if state == "query" else None
+        entry = {"mac": node["mac"], "ip": node["ip"], "loader": node["loader"] if profile else None,
+                 "previous": previous, "profile": profile, "changed": False, "files": sorted(paths.values())}
         result["nodes"][node["name"]] = entry
-        if state == "query":
-            entry["profile"] = previous
-            entry["loader"] = _current_loader(paths)
-            continue
-        if state == "absent":
-            entry["profile"] = None
-            entry["loader"] = None
-            continue
-        profile = node["profile"] or previous or initial
-        # Keep the loader a node was given earlier when this call does not say.
-        loader = node["loader"] or _current_loader(paths) or config.loader
-        node = dict(node, loader=loader)
-        entry["profile"] = profile
-        entry["loader"] = loader
-        where = "node %r profile %s" % (node["name"], profile["kind"])
-        with errors.collect():
-            boot = _Boot(config, profile, node)
-            _check_loader(boot, loader, where)
-            _check_files(config, boot, where)
-            rendered.append((node, paths, profile, entry))
-    default_entry = None
+        work.append((node, paths, entry))
+        if state == "present":
+            where = "node %r profile %s" % (node["name"], profile["kind"])
+            with errors.collect():
+                boot = _Boot(config, profile, node)
+                _check_loader(boot, node["loader"], where)
+                _check_files(config, boot, where)
     if default is not None and state == "present":
-        paths = default_paths(config)
-        default_entry = {"previous": _current_profile(paths), "profile": default, "changed": False}
+        where = "default_profile %s" % default["kind"]
         with errors.collect():
             boot = _Boot(config, default, None)
-            _check_loader(boot, "pxelinux", "default_profile %s" % default["kind"])
-            _check_files(config, boot, "default_profile %s" % default["kind"])
+            _check_loader(boot, config.loader, where)
+            _check_files(config, boot, where)
     errors.raise_if_any()
 
+    plan = _Plan()
     if state == "present":
-        for node, paths, profile, entry in rendered:
+        for node, paths, entry in work:
+            profile = entry["profile"]
             changed = plan.want(paths["pxelinux"], render_pxelinux(config, profile, node))
             changed = plan.want(paths["ipxe"], render_ipxe(config, profile, node)) or changed
             if "dhcp" in paths:
                 changed = plan.want(paths["dhcp"], render_dhcp_host(config, node), dhcp=True) or changed
             entry["changed"] = changed
         plan.want(os.path.join(config.root, "boot.ipxe"), render_boot_ipxe(config))
-        if default_entry is not None:
+        if default is not None:
             paths = default_paths(config)
+            previous = _current_profile(paths)
             changed = plan.want(paths["pxelinux"], render_pxelinux(config, default))
-            default_entry["changed"] = plan.want(paths["ipxe"], render_ipxe(config, default)) or changed
-            result["default"] = default_entry
+            changed = plan.want(paths["ipxe"], render_ipxe(config, default)) or changed
+            result["default"] = {"previous": previous, "profile": default, "changed": changed}
+        if exclusive:
+            keep = set()
+            for _node, paths, _entry in work:
+                keep.update(paths.values())
+            for path, dhcp in sorted(_managed_files(config).items()):
+                if path not in keep:
+                    plan.remove(path, dhcp=dhcp)
     elif state == "absent":
-        for node in nodes:
-            entry = result["nodes"][node["name"]]
-            for kind, path in node_paths(config, node).items():
+        for _node, paths, entry in work:
+            for kind, path in sorted(paths.items()):
                 entry["changed"] = plan.remove(path, dhcp=(kind == "dhcp")) or entry["changed"]
-    if exclusive and state == "present":
-        keep = set()
-        for node in nodes:
-            keep.update(node_paths(config, node).values())
-        for path, dhcp in sorted(_managed_files(config).items()):
-            if path not in keep:
-                plan.remove(path, dhcp=dhcp)
 
     result["changed_nodes"] = [name for name, entry in result["nodes"].items() if entry["changed"]]
     result["removed"] = [path for path, _before in plan.removes]

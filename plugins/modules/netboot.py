@@ -106,8 +106,8 @@ options:
   config:
     description:
       - A JSON file with defaults for O(root), O(http_url), O(dhcp_hostsdir), O(dhcp_addresses),
-        O(loader), O(deploy_kernel), O(deploy_initrd), O(deploy_params) and O(check_files),
-        under those names. Options given to the module win.
+        O(loader), O(deploy_kernel), O(deploy_initrd), O(deploy_params), O(check_files) and
+        O(dhcp_restart_command), under those names. Options given to the module win.
       - Ignored when it does not exist.
     type: path
     default: /etc/gridops-pxe/netboot.json
@@ -124,7 +124,7 @@ options:
   dhcp_hostsdir:
     description:
       - dnsmasq's C(dhcp-hostsdir). When set, a node with a MAC gets a C(dhcp-host) file there.
-      - dnsmasq reads new files by itself; RV(dhcp_reload) says when it must be told (SIGHUP) of changed or removed ones.
+      - dnsmasq reads new files by itself; RV(dhcp_reload) says when it must be restarted for changed or removed ones.
     type: path
   dhcp_addresses:
     description:
@@ -156,6 +156,16 @@ options:
       - Refuse a profile whose kernel, initrd or answer file is not under the boot root.
       - Defaults to V(true).
     type: bool
+  dhcp_restart_command:
+    description:
+      - The command (a list, run without a shell) that restarts dnsmasq if it runs, run when a C(dhcp-host)
+        file was changed or removed (RV(dhcp_reload)), except in check mode.
+      - dnsmasq reads new files of its hosts directory by itself, but keeps a changed or removed file's old
+        entry until told; SIGHUP, the documented way, made dnsmasq 2.90 crash after a changed entry, so it is restarted.
+      - The C(pxe_server) role sets C([systemctl, try-restart, dnsmasq]) in O(config). Without a command,
+        RV(dhcp_reload) tells the caller to do it.
+    type: list
+    elements: str
 attributes:
   check_mode:
     support: full
@@ -268,7 +278,11 @@ removed:
   type: list
   elements: str
 dhcp_reload:
-  description: Whether a C(dhcp-host) file was changed or removed, which dnsmasq only notices on SIGHUP (a reload).
+  description: Whether a C(dhcp-host) file was changed or removed, which dnsmasq only notices when restarted.
+  returned: always
+  type: bool
+dhcp_reloaded:
+  description: Whether O(dhcp_restart_command) was run.
   returned: always
   type: bool
 default:
@@ -286,6 +300,7 @@ from ansible_collections.gridops.metal.plugins.module_utils import _pxe
 
 CONFIG_KEYS = ("root", "http_url", "dhcp_hostsdir", "dhcp_addresses", "loader", "deploy_kernel",
                "deploy_initrd", "deploy_params", "check_files")
+OPTION_KEYS = CONFIG_KEYS + ("dhcp_restart_command",)
 
 
 def load_config(module):
@@ -300,14 +315,17 @@ def load_config(module):
             module.fail_json(msg="config: cannot read %s: %s" % (path, exc))
         if not isinstance(values, dict):
             module.fail_json(msg="config: %s does not hold a JSON object" % path)
-    for key in CONFIG_KEYS:
+    for key in OPTION_KEYS:
         if module.params.get(key) is not None:
             values[key] = module.params[key]
     for key in ("root", "http_url"):
         if not values.get(key):
             module.fail_json(msg="%s: required (no module option, and not in %s)" % (key, path))
+    command = values.get("dhcp_restart_command") or []
+    if not isinstance(command, list) or not all(isinstance(arg, str) for arg in command):
+        module.fail_json(msg="dhcp_restart_command: expected a list of strings, got %r" % (command,))
     kwargs = dict((k, values[k]) for k in CONFIG_KEYS if values.get(k) is not None)
-    return _pxe.Config(**kwargs)
+    return _pxe.Config(**kwargs), command
 
 
 def main():
@@ -334,12 +352,13 @@ def main():
             deploy_initrd=dict(type="str"),
             deploy_params=dict(type="str"),
             check_files=dict(type="bool"),
+            dhcp_restart_command=dict(type="list", elements="str"),
         ),
         supports_check_mode=True,
     )
     params = module.params
     try:
-        config = load_config(module)
+        config, restart_command = load_config(module)
         nodes = [dict((k, v) for k, v in node.items() if v is not None) for node in params["nodes"]]
         result = _pxe.netboot(config, nodes, state=params["state"], default_profile=params["default_profile"],
                               initial_profile=params["initial_profile"], exclusive=params["exclusive"],
@@ -347,6 +366,13 @@ def main():
     except _pxe.NetbootError as exc:
         module.fail_json(msg=str(exc))
     diff = result.pop("diff")
+    result["dhcp_reloaded"] = False
+    if result["dhcp_reload"] and restart_command and not module.check_mode:
+        rc, out, err = module.run_command(restart_command)
+        if rc != 0:
+            module.fail_json(msg="the boot files were written, but %s failed (rc=%d): %s"
+                             % (" ".join(restart_command), rc, (err or out).strip()), **result)
+        result["dhcp_reloaded"] = True
     if module._diff:
         result["diff"] = diff
     module.exit_json(**result)

@@ -23,22 +23,9 @@ import time
 
 import yaml
 
-from . import ansible, net, procs
+from . import ansible_run as ansible, artifacts, net, procs
 
 READY = re.compile(r"GRIDOPS-INITRAMFS-READY ip=(\S+)")
-# The deploy server image of the lab (roles/lab/defaults/main.yml): same recipe, same cached image.
-LAB_DEFAULTS = ansible.REPO / "roles" / "lab" / "defaults" / "main.yml"
-
-
-def lab_server_recipe():
-    defaults = yaml.safe_load(LAB_DEFAULTS.read_text())
-    return {"name": defaults["lab_server_image_name"], "packages": list(defaults["lab_server_packages"])}
-
-
-def deploy_server_image(cache_dir=None):
-    """The lab's deploy server image (built once, cached): the engine's result dict."""
-    from . import artifacts
-    return artifacts.engine().container_image(lab_server_recipe(), cache_dir=cache_dir)
 
 
 def _runner(argv):
@@ -47,7 +34,6 @@ def _runner(argv):
 
 
 def _lab_engine():
-    from . import artifacts
     artifacts.engine()      # installs the collection loader when pytest did not
     from ansible_collections.gridops.metal.plugins.module_utils import _lab
     return _lab
