@@ -240,9 +240,17 @@ def normalize_node(node, index=None, need_profile=False):
 
 def normalize_nodes(nodes, need_profile=False):
     """Normalise a list of nodes; refuse duplicate names, MACs and IPs. Reports every problem at once."""
-    if not isinstance(nodes, list):
-        raise NetbootError("nodes: expected a list, got %r" % (nodes,))
     errors = _Errors()
+    out = _normalize_nodes(nodes, need_profile, errors)
+    errors.raise_if_any()
+    return out
+
+
+def _normalize_nodes(nodes, need_profile, errors):
+    """The nodes that are valid; the problems go to errors."""
+    if not isinstance(nodes, list):
+        errors.add("nodes: expected a list, got %r" % (nodes,))
+        return []
     out = []
     for index, node in enumerate(nodes):
         with errors.collect():
@@ -258,7 +266,6 @@ def normalize_nodes(nodes, need_profile=False):
                 errors.add("node %r: %s %s is already used by node %r" % (node["name"], field, value, seen[key]))
             else:
                 seen[key] = node["name"]
-    errors.raise_if_any()
     return out
 
 
@@ -285,8 +292,8 @@ def _network(where, value, version=4):
         network = ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
         reason = str(exc)
-        raise NetbootError("%s: %r is not a %s network: %s" % (where, value, "an IPv4" if version == 4 else "an IPv6",
-                                                                  "host bits set" if "host bits" in reason else reason))
+        raise NetbootError("%s: %r is not an IPv%d network: %s" % (where, value, version,
+                                                                   "host bits set" if "host bits" in reason else reason))
     except TypeError:
         raise NetbootError("%s: %r is not a network" % (where, value))
     if network.version != version:
@@ -380,9 +387,7 @@ def validate_server(config):
             _check_ref(where, "dest", item.get("dest"), urls=False)
             if ("src" in item) == ("content" in item):
                 raise NetbootError("%s: needs exactly one of src and content" % where)
-    nodes = []
-    with errors.collect():
-        nodes = normalize_nodes(config.get("nodes") or [])
+    nodes = _normalize_nodes(config.get("nodes") or [], False, errors)
     for node in nodes:
         where = "node %r" % node["name"]
         if node["ip"] is None:
