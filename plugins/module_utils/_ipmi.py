@@ -66,6 +66,10 @@ CC_UNSUPPORTED_PARAMETER = 0x80
 REFUSAL_CODES = (CC_INVALID_COMMAND, CC_INVALID_DATA, 0xC9, 0xD5)
 # How long a power cycle's off phase is looked for before waiting for on.
 CYCLE_OFF_WINDOW = 5.0
+# Seconds before a read-only request is sent again (pyghmi's own first retry
+# comes after 0.5 to 1 s).  Requests that change something keep pyghmi's pace:
+# a retry is a new request to the BMC, and a second `cycle` would cycle again.
+READ_RETRY = 0.2
 
 # RMCP+ authentication algorithms (13.28): what the BMC may choose.
 _RAKP_HMAC_SHA1 = 1
@@ -102,6 +106,14 @@ class _Session(_session_base()):
             self.currhashlib = hashlib.sha1
             self.currhashlen = 12
         return super(_Session, self)._got_rmcp_response(data)
+
+    def _req_priv_level(self):
+        # The last login step waits inside pyghmi, where a reply that comes back
+        # before pyghmi starts waiting is noticed only at the retry timer (0.5 to
+        # 1 s; it happens often with a BMC on the same host).  This request is
+        # harmless to repeat: retry it sooner.
+        self.timeout = min(getattr(self, "timeout", READ_RETRY), READ_RETRY)
+        return super(_Session, self)._req_priv_level()
 
     @property
     def auth_algorithm(self):
@@ -153,15 +165,24 @@ class Bmc(object):
             raise IpmiError("%s: cannot resolve %s: %s" % (self.label, self.address, exc), "unreachable")
         outcome = {}
         deadline = time.monotonic() + self.login_timeout
+        key = (self.address, self.user, self.password, self.port, None)
+        sess = None
         try:
             sess = _Session(bmc=self.address, userid=self.user, password=self.password, port=self.port,
                             onlogon=outcome.update, keepalive=False)
             while not outcome and time.monotonic() < deadline:
-                _pyghmi_session.Session.wait_for_rsp(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+                _pyghmi_session.Session.wait_for_rsp(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
         except _pyghmi_exc.IpmiException as exc:
             raise _login_error(self.label, exc)
         except (struct.error, IndexError, TypeError, ValueError) as exc:
             raise IpmiError("%s: malformed answer during session setup: %s" % (self.label, exc), "protocol")
+        finally:
+            # pyghmi registers a session being set up under the text credentials
+            # and removes it under their bytes, so never: a later session with the
+            # same BMC and credentials would be handed this one, logged out.
+            sessions = _pyghmi_session.Session.initting_sessions
+            if sess is None or sessions.get(key) is sess:
+                sessions.pop(key, None)
         if "error" in outcome or not outcome:
             got, stage = dict(outcome), getattr(sess, "sessioncontext", None)
             try:
@@ -196,11 +217,12 @@ class Bmc(object):
     def __exit__(self, *exc):
         self.close()
 
-    def raw(self, netfn, command, data=(), what="command"):
+    def raw(self, netfn, command, data=(), what="command", read_only=False):
         """Send one request; return the response data (bytes) or raise IpmiError."""
         self.open()
         try:
-            rsp = self._session.raw_command(netfn=netfn, command=command, data=list(data))
+            rsp = self._session.raw_command(netfn=netfn, command=command, data=list(data),
+                                            timeout=READ_RETRY if read_only else None)
         except _pyghmi_exc.IpmiException as exc:
             self.close()
             raise IpmiError("%s: %s: %s" % (self.label, what, exc or "no answer"), "timeout")
@@ -222,7 +244,7 @@ class Bmc(object):
 
     def power_state(self):
         """'on' or 'off' (Get Chassis Status, current power state bit 0)."""
-        data = self.raw(0x00, 0x01, what="get chassis status")
+        data = self.raw(0x00, 0x01, what="get chassis status", read_only=True)
         if not data:
             raise IpmiError("%s: get chassis status: empty answer" % self.label, "protocol")
         return "on" if bytearray(data)[0] & 1 else "off"
@@ -275,7 +297,7 @@ class Bmc(object):
 
     def get_boot_device(self):
         """{'device', 'persistent', 'uefi', 'valid'} from the boot flags parameter."""
-        data = bytearray(self.raw(0x00, 0x09, [5, 0, 0], what="get boot device"))
+        data = bytearray(self.raw(0x00, 0x09, [5, 0, 0], what="get boot device", read_only=True))
         if len(data) < 3 or (data[1] & 0x7F) != 5:
             raise IpmiError("%s: get boot device: unexpected answer %s" % (self.label, _hex(data)), "protocol")
         flags = data[2]
