@@ -120,8 +120,12 @@ def run_playbook(conf, rsv, job, phase):
         json.dump({"plugin": "gridops.metal.reservation", "spool_dir": conf["spool_dir"],
                    "job_ids": [job["id"]], "states": [],
                    "cluster_description": runner.get("cluster_description") or None}, fh, indent=1)
+    # The scheduler's user may have no home (slurm's is /nonexistent): Ansible's files go in the run directory.
+    ansible_home = os.path.join(pdd, ".ansible")
     env = {"PATH": "%s:/usr/local/bin:/usr/bin:/bin" % os.path.dirname(runner["executable"]),
-           "HOME": pdd, "LANG": "C.UTF-8"}
+           "HOME": pdd, "LANG": "C.UTF-8", "ANSIBLE_HOME": ansible_home,
+           "ANSIBLE_LOCAL_TEMP": os.path.join(ansible_home, "tmp"),
+           "ANSIBLE_REMOTE_TMP": os.path.join(ansible_home, "tmp")}
     env.update(runner.get("envvars") or {})
     argv = [runner["executable"], "run", pdd, "--playbook", os.path.abspath(playbook), "--ident", phase]
     with open(os.path.join(pdd, "%s.log" % phase), "ab") as out:
