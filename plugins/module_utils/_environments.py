@@ -200,7 +200,8 @@ def _check(schema, value, path, errors):
         wanted = schema["type"]
         actual = _type_name(value)
         if actual != wanted and not (wanted == "number" and actual == "integer"):
-            errors.append((path, "must be %s, not %s %s" % (_ARTICLES.get(wanted, wanted), actual, short(value))))
+            shown = actual if value is None else "%s %s" % (actual, short(value))
+            errors.append((path, "must be %s, not %s" % (_ARTICLES.get(wanted, wanted), shown)))
             return
     if "const" in schema and value != schema["const"]:
         errors.append((path, "must be %s, not %s" % (short(schema["const"]), short(value))))
@@ -286,7 +287,8 @@ def normalize(description):
 
 
 _MAGIC = (("gzip", b"\x1f\x8b"), ("xz", b"\xfd7zXZ\x00"), ("zstd", b"\x28\xb5\x2f\xfd"), ("bzip2", b"BZh"))
-_DECOMPRESS = {"gzip": ["gzip", "-dc"], "xz": ["xz", "-dc"], "zstd": ["zstd", "-dc"]}
+_TARFILE_MODES = {"none": "r|", "gzip": "r|gz", "xz": "r|xz"}
+_DECOMPRESS = {"zstd": ["zstd", "-dc"]}
 
 
 def detect_compression(path):
@@ -316,9 +318,9 @@ def _clean(name):
 
 @contextlib.contextmanager
 def _tar_stream(path, compression):
-    """A tarfile reading path in stream mode, decompressed by the compression's own program."""
-    if compression == "none":
-        with tarfile.open(path, "r|") as tf:
+    """A tarfile reading path in stream mode (zstd through the zstd program, the others in Python)."""
+    if compression in _TARFILE_MODES:
+        with tarfile.open(path, _TARFILE_MODES[compression]) as tf:
             yield tf
         return
     argv = _DECOMPRESS[compression]

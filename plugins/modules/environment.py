@@ -90,7 +90,7 @@ notes:
   - The image checksum is computed on every V(add) and V(update) that registers something, which reads the
     whole image; a tar image is also read through to find the boot kernel and initrd.
 requirements:
-  - the decompressor of the image (gzip, xz-utils or zstd) on the deploy server, to look into compressed tar images
+  - zstd on the deploy server, to look into zstd-compressed tar images
 seealso:
   - module: gridops.metal.rights
   - name: Environment descriptions

@@ -21,6 +21,19 @@ if __name__ == "__main__" and sys.path and pathlib.Path(sys.path[0]).resolve() =
     sys.path[0] = str(REPO / "tests" / "lib")
 
 
+# What the deploy server needs besides the lab's packages to verify zstd images and hold rights
+# (until roles/lab's lab_server_packages has them; then this is the lab's image exactly).
+SERVER_EXTRA_PACKAGES = ("zstd", "python3-clustershell")
+
+
+def server_image(cache_dir=None):
+    """The lab deploy server's container image, with SERVER_EXTRA_PACKAGES."""
+    from gridops_test import artifacts
+
+    packages = sorted(set(artifacts.DEPLOY_SERVER_PACKAGES) | set(SERVER_EXTRA_PACKAGES))
+    return artifacts.container_image(artifacts.DEPLOY_SERVER_IMAGE_NAME, packages, cache_dir=cache_dir)
+
+
 def engines():
     """(_environments, _rights, _registry), with the collection loader installed."""
     from gridops_test import artifacts
