@@ -19,6 +19,12 @@ Two BMC behaviours are handled here rather than left to the caller:
 * virtualbmc refuses ``chassis power cycle``: :meth:`Bmc.cycle` then powers
   off, waits until the BMC reports off, and powers on.
 
+And three pyghmi behaviours that show with many sessions in threads (see
+where they are handled): a lock-order deadlock between its two global locks,
+a login that never ends when a BMC stops answering half-way, and a session
+being set up that is never forgotten (so the next one to the same BMC would
+be handed a dead one).
+
 A boot device is verified by reading it back: some BMCs accept a request and
 keep something else (ipmi_sim drops the persistent flag; ``ipmitool`` exits 0
 even when the BMC refused the device).
@@ -44,6 +50,13 @@ except ImportError:
     PYGHMI_IMPORT_ERROR = traceback.format_exc()
 
 HAS_PYGHMI = PYGHMI_IMPORT_ERROR is None
+
+if HAS_PYGHMI and hasattr(_pyghmi_session, "WAITING_SESSIONS") and hasattr(_pyghmi_session, "KEEPALIVE_SESSIONS"):
+    # pyghmi takes its two global locks in both orders (a retry holds
+    # WAITING_SESSIONS and then wants KEEPALIVE_SESSIONS, every send the
+    # reverse), so sessions used from several threads deadlock as soon as one
+    # retries while another sends.  Both names on one reentrant lock cannot.
+    _pyghmi_session.KEEPALIVE_SESSIONS = _pyghmi_session.WAITING_SESSIONS
 
 DEFAULT_PORT = 623
 

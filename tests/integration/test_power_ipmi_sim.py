@@ -218,3 +218,17 @@ def test_reboot_ladder_on_bmcs(farm, netns, tmp_path):
     assert "no answer within 2s" in broken["attempts"][1]["error"]
     assert pdu_log.read_text() == "%s 10.214.0.12\n" % names[2]
     assert farm.power(names[2]) == "on"
+
+
+def test_many_bmcs_at_once(netns, tmp_path):
+    """60 sessions in threads at once, with retries: pyghmi's two global locks taken in
+    both orders used to deadlock here now and then (see _ipmi.py)."""
+    farm = bmcs.IpmiSimFarm(netns.name, tmp_path / "many", 60)
+    try:
+        farm.start()
+        for state in ("query", "on", "query", "cycle"):
+            res = bmcs.run_engine(netns.name, farm.nodes(), window=60, state=state, proc_timeout=120)
+            assert [r["error"] for r in res["results"] if r["failed"]] == []
+        assert all(farm.power(b["name"]) == "on" for b in farm.bmcs)
+    finally:
+        farm.close()
