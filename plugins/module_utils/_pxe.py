@@ -671,9 +671,14 @@ class _Plan:
     """Files to write and remove, with the diff, computed before anything is touched."""
 
     def __init__(self):
+        self.mkdirs = []    # directories to create
         self.writes = []    # (path, text, before)
         self.removes = []   # (path, before)
         self.dhcp_reload = False
+
+    def directory(self, path):
+        if not os.path.isdir(path):
+            self.mkdirs.append(path)
 
     def want(self, path, text, dhcp=False):
         before = read_text(path)
@@ -694,7 +699,8 @@ class _Plan:
         return False
 
     def diff(self):
-        out = []
+        out = [{"before_header": "%s (absent)" % path, "after_header": "%s/ (directory)" % path, "before": "",
+                "after": ""} for path in self.mkdirs]
         for path, text, before in self.writes:
             out.append({"before_header": path if before is not None else "%s (absent)" % path,
                         "after_header": path, "before": before or "", "after": text})
@@ -703,10 +709,11 @@ class _Plan:
         return out
 
     def apply(self):
-        dirs = set(os.path.dirname(path) for path, _text, _before in self.writes)
+        dirs = set(self.mkdirs) | set(os.path.dirname(path) for path, _text, _before in self.writes)
         for directory in sorted(dirs):
             if not os.path.isdir(directory):
                 os.makedirs(directory, 0o755)
+                os.chmod(directory, 0o755)
         for path, text, _before in self.writes:
             write_atomic(path, text)
         for path, _before in self.removes:
@@ -810,6 +817,11 @@ def netboot(config, nodes, state="present", default_profile=None, initial_profil
 
     plan = _Plan()
     if state == "present":
+        # dnsmasq needs its hosts directory even before the first reservation.
+        for directory in (os.path.join(config.root, "pxelinux.cfg"), os.path.join(config.root, "ipxe"),
+                          config.dhcp_hostsdir):
+            if directory:
+                plan.directory(directory)
         for node, paths, entry in work:
             profile = entry["profile"]
             changed = plan.want(paths["pxelinux"], render_pxelinux(config, profile, node))
@@ -839,7 +851,7 @@ def netboot(config, nodes, state="present", default_profile=None, initial_profil
     result["changed_nodes"] = [name for name, entry in result["nodes"].items() if entry["changed"]]
     result["removed"] = [path for path, _before in plan.removes]
     result["dhcp_reload"] = plan.dhcp_reload
-    result["changed"] = bool(plan.writes or plan.removes)
+    result["changed"] = bool(plan.mkdirs or plan.writes or plan.removes)
     result["diff"] = plan.diff()
     if not check_mode and result["changed"]:
         try:

@@ -26,6 +26,13 @@ import yaml
 from . import ansible_run as ansible, artifacts, net, procs
 
 READY = re.compile(r"GRIDOPS-INITRAMFS-READY ip=(\S+)")
+# Milestones of a network boot on the serial console, in order: (name, pattern).
+BOOT_PHASES = (
+    ("dhcp", r"Configuring \(net0"),                                  # iPXE (the NIC's ROM) asks DHCP
+    ("loader", r"PXELINUX \d|boot\.ipxe : \d+ bytes"),               # pxelinux.0 runs / boot.ipxe fetched
+    ("userspace", r"GRIDOPS-INITRAMFS-START"),                        # the ramdisk's /init runs
+    ("ready", READY.pattern),                                         # ... and has its address
+)
 
 
 def _runner(argv):
@@ -223,6 +230,15 @@ class Guest:
                 return fh.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def boot_phases(self, timeout=120):
+        """Power on and wait for each of BOOT_PHASES; return {phase: seconds since power-on} and the address."""
+        self.power_on()
+        phases = {}
+        match = None
+        for name, pattern in BOOT_PHASES:
+            match, phases[name] = self.wait_for(pattern, timeout)
+        return dict((k, round(v, 2)) for k, v in phases.items()), match.group(1)
 
     def wait_for(self, pattern, timeout=120):
         """Wait for pattern on this boot's console; return (match, seconds since power-on)."""
