@@ -151,7 +151,11 @@ def run_tier(name):
         opts = cmd[-1] if isinstance(cmd[-1], dict) else {}
         argv = [c for c in cmd if not isinstance(c, dict)]
         print("==> [%s] %s" % (name, " ".join(argv)), flush=True)
-        rc = subprocess.call(argv, cwd=opts.get("cwd", REPO), env=opts.get("env"))
+        try:
+            rc = subprocess.call(argv, cwd=opts.get("cwd", REPO), env=opts.get("env"))
+        except OSError as exc:
+            print("[%s] cannot run %s: %s (run through `make`, which sets PATH)" % (name, argv[0], exc))
+            rc = 127
         if rc == 5 and "pytest" in argv:
             status = "empty" if status == "ok" else status
         elif rc != 0:
