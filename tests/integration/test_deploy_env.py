@@ -6,7 +6,9 @@ pxe_server's deploy profile points.  A QEMU (TCG) guest then boots exactly
 the published files with the command line that profile writes; the server
 reaches it over SSH with its deploy key and uses every tool: partitioning,
 ext4 and xfs, tar in three compressions, a stream received with nc,
-extlinux.  Build and boot figures are printed on FIGURES lines (pytest -s).
+extlinux.  Last, pxe_server's deploy profile network-boots a guest into it
+(the contract between the two roles).  Build and boot figures are printed on
+FIGURES lines (pytest -s).
 """
 import hashlib
 import json
@@ -17,7 +19,7 @@ import time
 import pytest
 
 from gridops_test import ansible_run, artifacts, environments, procs
-from gridops_test.pxe import PxeBed
+from gridops_test.pxe import Guest, PxeBed
 
 MAC = "52:54:00:61:00:11"
 GUEST_IP = "10.213.61.11"
@@ -37,7 +39,7 @@ def figures(label, **values):
 def bed(tmp_path_factory):
     image = environments.server_image()
     bed = PxeBed(tmp_path_factory.mktemp("deploy-env"), image["image"], subnet=SUBNET,
-                 nodes={"node-1": {"mac": MAC, "ip": GUEST_IP}})
+                 nodes={"node-1": {"mac": MAC, "ip": GUEST_IP, "netboot_profile": "deploy"}})
     try:
         yield bed
     finally:
@@ -194,3 +196,23 @@ def test_ramdisk_boots_accepts_the_deploy_key_and_has_the_tools(bed, converged, 
     qemu.proc.wait(60)
     figures("deploy_env-boot", ready_seconds=round(ready_seconds, 1), first_ssh_seconds=round(ssh_seconds, 1),
             tools_seconds=round(work_seconds, 1))
+
+
+def test_pxe_server_deploy_profile_boots_it(bed, converged):
+    start = time.monotonic()
+    bed.converge({"pxe_server_deploy_params": "console=ttyS0 panic=-1"})
+    converge_seconds = time.monotonic() - start
+    guest = Guest(bed, bed.add_tap(), MAC, name="pxe-guest")
+    try:
+        match, seconds = guest.power_on().wait_for(READY.pattern, timeout=240)
+        assert match.group(1) == GUEST_IP, guest.console()
+        res = bed.exec("ssh", "-i", KEY, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                       "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR",
+                       "root@" + GUEST_IP, "hostname; cat /etc/gridops/server", check=False)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == ["node-1", "http://%s.1" % SUBNET]
+        ssh_seconds = time.monotonic() - guest.started
+    finally:
+        guest.power_off()
+    figures("deploy_env-pxe", pxe_converge_seconds=round(converge_seconds, 1),
+            power_on_to_ready_seconds=round(seconds, 1), power_on_to_ssh_seconds=round(ssh_seconds, 1))
