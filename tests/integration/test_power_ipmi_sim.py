@@ -8,10 +8,11 @@ of what reached each BMC and when; the QEMU-backed tests
 (test_power_qemu.py) show the same on real machines.
 """
 import json
+import sys
 
 import pytest
 
-from gridops_test import bmcs
+from gridops_test import ansible_run, bmcs, procs
 
 pytestmark = [pytest.mark.root]
 
@@ -232,3 +233,45 @@ def test_many_bmcs_at_once(netns, tmp_path):
         assert all(farm.power(b["name"]) == "on" for b in farm.bmcs)
     finally:
         farm.close()
+
+
+def test_one_task_for_an_inventory_group(farm, netns, tmp_path):
+    """The documented way: nodes built from the `nodes` group's bmc_* host variables."""
+    hosts = dict(("node-%d" % i, {"ansible_host": "192.0.2.%d" % (10 + i), "bmc_address": b["address"],
+                                  "bmc_port": 623, "bmc_user": farm.user, "bmc_password": farm.password,
+                                  "bmc_kind": "ipmi_sim", "mac": "52:54:00:00:00:%02x" % i})
+                 for i, b in enumerate(farm.bmcs[:3]))
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps({"all": {"children": {
+        "nodes": {"hosts": hosts},
+        "deploy_server": {"hosts": {"localhost": {"ansible_connection": "local",
+                                                  "ansible_python_interpreter": sys.executable}}}}}}))
+    result = tmp_path / "result.json"
+    playbook = tmp_path / "power.yml"
+    playbook.write_text("""\
+- name: Power on the reservation's nodes from the deploy server
+  hosts: deploy_server
+  gather_facts: false
+  tasks:
+    - name: Power on every node of the group
+      gridops.metal.power:
+        nodes: >-
+          {{ groups['nodes'] | map('extract', hostvars) | map('dict2items')
+             | map('selectattr', 'key', 'in', ['inventory_hostname', 'ansible_host', 'bmc_address',
+                                               'bmc_port', 'bmc_user', 'bmc_password'])
+             | map('items2dict') | list }}
+        state: "on"
+      register: power
+    - name: Keep the result
+      ansible.builtin.copy:
+        content: "{{ power | to_json }}"
+        dest: %s
+        mode: "0600"
+""" % json.dumps(str(result)))
+    proc = procs.run(["ansible-playbook", "-i", str(inventory), str(playbook)], netns=netns.name, check=False,
+                     env=ansible_run.env(), cwd=str(ansible_run.REPO), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    res = json.loads(result.read_text())
+    assert sorted(res["nodes"]) == ["node-0", "node-1", "node-2"]
+    assert all(r["power"] == "on" and r["actions"] == ["on"] for r in res["nodes"].values())
+    assert [farm.power(b["name"]) for b in farm.bmcs[:4]] == ["on", "on", "on", "off"]
