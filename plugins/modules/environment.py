@@ -87,6 +87,8 @@ attributes:
     support: full
     description: Shows the environment before and after (V(add), V(update), V(remove)).
 notes:
+  - Call it by its full name, C(gridops.metal.environment); a bare C(environment) key in a task is Ansible's
+    keyword for environment variables.
   - The image checksum is computed on every V(add) and V(update) that registers something, which reads the
     whole image; a tar image is also read through to find the boot kernel and initrd.
 requirements:

@@ -81,6 +81,7 @@ def existing(tmp_path_factory):
 def converged(bed, existing):
     extra = {"image_builder_images": [small_image()], "image_builder_existing": existing,
              "image_builder_owner": "alice"}
+
     def run():
         start = time.monotonic()
         res = ansible_run.playbook("environments.yml", bed.inventory, extra, args=["--tags", "images"], timeout=900)
