@@ -31,7 +31,7 @@ description:
     naming the node and the field; a profile naming a kernel, initrd or answer file that is
     not under the boot root is refused.
   - Files are written through a temporary file renamed into place, so a booting node never
-    reads a half-written file. Each file's first lines record the node and its profile: the
+    reads a half-written file. Each file's first lines record the node and its profile; the
     files are the only state, and O(state=query) reads them back.
   - Settings not given as options come from O(config), which the C(pxe_server) role writes.
 author:

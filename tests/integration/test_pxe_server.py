@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from gridops_test import artifacts, procs, pxe
+from gridops_test import procs, pxe
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu, pytest.mark.slow]
 

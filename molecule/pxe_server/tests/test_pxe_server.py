@@ -11,7 +11,7 @@ import subprocess
 
 from gridops_test.molecule import run_playbook
 
-ID = hashlib.sha1(os.environ["MOLECULE_PROJECT_DIRECTORY"].encode()).hexdigest()[:6]   # as names.yml
+ID = hashlib.sha1(os.environ["MOLECULE_PROJECT_DIRECTORY"].encode()).hexdigest()[:6]   # as vars/names.yml
 CONTAINER = "gridops-molecule-pxe-%s" % ID
 FABRIC = "gridops-mpxe-%s" % ID
 SERVER, SERVER6 = "10.213.9.1", "fd42:213:9::1"

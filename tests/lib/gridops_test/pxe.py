@@ -26,10 +26,11 @@ import yaml
 from . import ansible_run as ansible, artifacts, net, procs
 
 READY = re.compile(r"GRIDOPS-INITRAMFS-READY ip=(\S+)")
+ANSI_ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
 # Milestones of a network boot on the serial console, in order: (name, pattern).
 BOOT_PHASES = (
     ("dhcp", r"Configuring \(net0"),                                  # iPXE (the NIC's ROM) asks DHCP
-    ("loader", r"PXELINUX \d|boot\.ipxe : \d+ bytes"),               # pxelinux.0 runs / boot.ipxe fetched
+    ("nbp", r"PXELINUX \d|boot\.ipxe : \d+ bytes"),                  # the boot program: pxelinux.0 runs / boot.ipxe read
     ("userspace", r"GRIDOPS-INITRAMFS-START"),                        # the ramdisk's /init runs
     ("ready", READY.pattern),                                         # ... and has its address
 )
@@ -224,10 +225,11 @@ class Guest:
         procs.reap_orphans()
 
     def console(self):
+        """This boot's console text, without terminal escapes (sercon's cursor moves split words)."""
         try:
             with open(self.console_path, "rb") as fh:
                 fh.seek(self.offset)
-                return fh.read().decode(errors="replace")
+                return ANSI_ESCAPE.sub("", fh.read().decode(errors="replace"))
         except FileNotFoundError:
             return ""
 

@@ -326,3 +326,17 @@ def test_an_unreadable_or_foreign_file_is_no_profile(tmp_path):
     assert _pxe.parse_header(None) is None
     assert _pxe.parse_header("DEFAULT local\n") is None
     assert _pxe.parse_header("#!ipxe\n# gridops.metal netboot node=x profile={broken\n") is None
+
+
+def test_render_a_thousand_nodes_figures(tmp_path):
+    """tests/bench/pxe_render.py, run here so every test run prints its figures (pytest -s)."""
+    import importlib.util
+    import json
+
+    path = pathlib.Path(__file__).resolve().parents[3] / "bench" / "pxe_render.py"
+    spec = importlib.util.spec_from_file_location("pxe_render_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = bench.run(1000, str(tmp_path))
+    assert figures["files"] == 3003    # 1,000 nodes x (pxelinux, iPXE, DHCP) + the two deploy files + boot.ipxe
+    print("FIGURES pxe-render-engine %s" % json.dumps(figures, sort_keys=True))
