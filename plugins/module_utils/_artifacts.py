@@ -4,12 +4,13 @@
 
 """Build the lab's and the tests' artifacts from Debian packages, with a cache.
 
-Five kinds, one function each, every one taking a recipe dict:
+Six kinds, one function each, every one taking a recipe dict:
 
 * ``kernel``: Debian's kernel for guests (vmlinuz + modules tree);
 * ``initramfs``: a small busybox initramfs for test guests and the deploy environment;
 * ``rootfs``: a debootstrap'ed root file system as a .tar.zst;
 * ``container_image``: a local podman image of a systemd rootfs;
+* ``disk_image``: a qcow2 disk of a bootable Debian guest (systemd, sshd) with its kernel and initrd.
 * ``image``: an environment image to deploy onto nodes, a rootfs with files,
   services and a first-boot script, as a compressed tarball with its sha256.
 
@@ -43,7 +44,7 @@ import subprocess
 import tempfile
 import time
 
-KINDS = ("kernel", "initramfs", "rootfs", "container_image", "image")
+KINDS = ("kernel", "initramfs", "rootfs", "container_image", "image", "disk_image")
 
 # Bump a kind's number when its builder changes what it produces.
 BUILDER_VERSION = {
@@ -52,6 +53,7 @@ BUILDER_VERSION = {
     "rootfs": 3,
     "container_image": 1,
     "image": 1,
+    "disk_image": 1,
 }
 
 DEFAULT_CACHE = "~/.cache/gridops-metal"
@@ -64,6 +66,14 @@ CONTAINER_BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python
 # crc32c_generic: ext4 and jbd2 only soft-depend on "crypto-crc32c" (no
 # modules.dep entry), and crc32c_intel needs SSE4.2, absent from TCG's CPU.
 DEFAULT_INITRAMFS_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "crc32c_generic", "ext4")
+
+# What a guest needs to boot its own kernel with systemd and be managed over SSH.
+DISK_IMAGE_BASE_PACKAGES = ("systemd-sysv", "udev", "dbus", "openssh-server", "python3", "python3-apt",
+                            "linux-image-amd64", "initramfs-tools", "kmod", "e2fsprogs", "iproute2",
+                            "iputils-ping", "procps")
+
+# Only what mounts a virtio root (initramfs-tools MODULES=list): a small initrd boots faster under TCG.
+DEFAULT_DISK_IMAGE_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
 
 _SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -128,6 +138,17 @@ RECIPE_SPECS = {
         "services": _Opt("list", []),
         "first_boot": _Opt("text", ""),
         "compression": _Opt("str", "zstd", choices=IMAGE_COMPRESSIONS),
+    },
+    "disk_image": {
+        "suite": _Opt("str", "bookworm"),
+        "mirror": _Opt("str", DEBIAN_MIRROR),
+        "components": _Opt("list", ["main"]),
+        "packages": _Opt("set", []),
+        "size": _Opt("str", "4G"),
+        "hostname": _Opt("str", "gridops-guest"),
+        "interface": _Opt("text", "eth0"),
+        "modules": _Opt("list", list(DEFAULT_DISK_IMAGE_MODULES)),
+        "files": _Opt("files", []),
     },
 }
 
@@ -210,6 +231,13 @@ def normalize_recipe(kind, recipe):
         for unit in out["services"]:
             if not re.match(r"^[A-Za-z0-9@._:-]+$", unit):
                 raise ArtifactError("image recipe: services: %r is not a systemd unit name" % unit)
+    if kind == "disk_image":
+        if not re.match(r"^[1-9][0-9]*[MG]$", out["size"]):
+            raise ArtifactError("disk_image recipe: size %r is not a number of M or G (4G)" % out["size"])
+        if not re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", out["hostname"]):
+            raise ArtifactError("disk_image recipe: hostname %r is not a host name" % out["hostname"])
+        if out["interface"] and not re.match(r"^[A-Za-z0-9_.-]{1,15}$", out["interface"]):
+            raise ArtifactError("disk_image recipe: interface %r is not an interface name" % out["interface"])
     return out
 
 
@@ -1307,12 +1335,198 @@ def image(recipe=None, cache_dir=None, force=False, check=False):
     return res
 
 
+# --------------------------------------------------------------------------
+# disk_image: a bootable Debian guest disk (systemd, sshd), for QEMU guests
+
+
+DISK_IMAGE_CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.firstboot=off"
+DISK_IMAGE_KEY_PARAMETER = "gridops.ssh_key"
+
+# Root's authorized key comes from the kernel command line (base64 of the
+# authorized_keys text), so one cached image serves every run with its own key.
+_GUEST_SSH_SCRIPT = """\
+#!/bin/sh
+# gridops.metal guest: root's SSH key from gridops.ssh_key=<base64> on the kernel command line,
+# and a host key of this guest's own.
+set -e
+key=
+for word in $(cat /proc/cmdline); do
+    case "$word" in gridops.ssh_key=*) key="${word#gridops.ssh_key=}" ;; esac
+done
+if [ -n "$key" ]; then
+    install -d -m 0700 /root/.ssh
+    printf '%s' "$key" | base64 -d > /root/.ssh/authorized_keys
+    chmod 0600 /root/.ssh/authorized_keys
+fi
+[ -e /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
+"""
+
+_GUEST_SSH_UNIT = """\
+[Unit]
+Description=gridops.metal guest: SSH host key and root's key from the kernel command line
+Before=ssh.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/gridops-guest-ssh
+
+[Install]
+WantedBy=ssh.service
+"""
+
+_GUEST_SSHD_CONF = """\
+# gridops.metal guest: the host key made at boot, no DNS lookups of clients.
+HostKey /etc/ssh/ssh_host_ed25519_key
+UseDNS no
+"""
+
+_GUEST_NETWORK = """\
+[Match]
+Name=@INTERFACE@
+
+[Network]
+DHCP=ipv4
+"""
+
+_DISK_IMAGE_TEMPLATE_HASH = hashlib.sha256(
+    (_GUEST_SSH_SCRIPT + _GUEST_SSH_UNIT + _GUEST_SSHD_CONF + _GUEST_NETWORK + DISK_IMAGE_CMDLINE).encode()).hexdigest()
+
+# Timers and first-boot prompts that only slow a test guest down or wait for a console.
+_DISK_IMAGE_MASKED = ("systemd-firstboot.service", "apt-daily.timer", "apt-daily-upgrade.timer",
+                      "man-db.timer", "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer")
+
+
+def disk_rootfs_recipe(recipe):
+    return {
+        "suite": recipe["suite"],
+        "mirror": recipe["mirror"],
+        "components": recipe["components"],
+        "variant": "minbase",
+        "packages": sorted(set(DISK_IMAGE_BASE_PACKAGES) | set(recipe["packages"])),
+    }
+
+
+def _install_recipe_files(root, files):
+    """Write a recipe's files into a tree, refusing to leave it through a symlink."""
+    for item in files:
+        dest = os.path.join(root, item["path"].lstrip("/"))
+        parent = os.path.realpath(os.path.dirname(dest))
+        if not (parent + "/").startswith(os.path.realpath(root) + "/") or os.path.isdir(dest):
+            raise ArtifactError("file %s would replace a directory or leave the image through a link" % item["path"])
+        if os.path.lexists(dest):
+            os.unlink(dest)
+        if "src" in item:
+            with open(item["src"], "rb") as fh:
+                data = fh.read()
+        else:
+            data = item["content"]
+        _write(dest, data, int(item["mode"], 8))
+
+
+def _build_disk_image(recipe, rres):
+    def build(tmp, runner):
+        if os.geteuid() != 0:
+            raise ArtifactError("building a disk image needs root (owners and device nodes of the rootfs)")
+        root = os.path.join(tmp, "root")
+        raw = os.path.join(tmp, "disk.raw")
+        os.mkdir(root)
+        try:
+            runner.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--zstd", "-C", root,
+                        "-xpf", rres["tarball"]])
+            kernels = sorted(glob.glob(os.path.join(root, "boot", "vmlinuz-*")))
+            if not kernels:
+                raise ArtifactError("disk_image: the rootfs has no /boot/vmlinuz-*")
+            kver = os.path.basename(kernels[-1])[len("vmlinuz-"):]
+            _write(os.path.join(root, "etc/fstab"), "/dev/vda / ext4 rw,errors=remount-ro 0 1\n")
+            _write(os.path.join(root, "etc/hostname"), recipe["hostname"] + "\n")
+            _write(os.path.join(root, "etc/hosts"), "127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost ip6-localhost\n"
+                   % recipe["hostname"])
+            _write(os.path.join(root, "usr/local/sbin/gridops-guest-ssh"), _GUEST_SSH_SCRIPT, 0o755)
+            _write(os.path.join(root, "etc/systemd/system/gridops-guest-ssh.service"), _GUEST_SSH_UNIT)
+            _write(os.path.join(root, "etc/ssh/sshd_config.d/gridops-guest.conf"), _GUEST_SSHD_CONF)
+            for key in glob.glob(os.path.join(root, "etc/ssh/ssh_host_*")):
+                os.unlink(key)
+            units = ["gridops-guest-ssh.service"]
+            if recipe["interface"]:
+                _write(os.path.join(root, "etc/systemd/network/80-gridops-guest.network"),
+                       _GUEST_NETWORK.replace("@INTERFACE@", recipe["interface"]))
+                units.append("systemd-networkd.service")
+            _write(os.path.join(root, "etc/initramfs-tools/conf.d/gridops-guest.conf"), "MODULES=list\n")
+            _write(os.path.join(root, "etc/initramfs-tools/modules"), "".join(m + "\n" for m in recipe["modules"]))
+            _install_recipe_files(root, recipe["files"])
+            # Offline: systemctl only makes (or masks with) links.
+            runner.run(["chroot", root, "systemctl", "enable"] + units, env=_CHROOT_ENV)
+            runner.run(["chroot", root, "systemctl", "mask"] + list(_DISK_IMAGE_MASKED), env=_CHROOT_ENV)
+            proc = os.path.join(root, "proc")
+            runner.run(["mount", "-t", "proc", "proc", proc])
+            try:
+                runner.run(["chroot", root, "update-initramfs", "-u", "-k", kver], env=_CHROOT_ENV)
+            finally:
+                runner.run(["umount", proc], check=False)
+            shutil.copyfile(kernels[-1], os.path.join(tmp, "vmlinuz"))
+            shutil.copyfile(os.path.join(root, "boot", "initrd.img-" + kver), os.path.join(tmp, "initrd.img"))
+            runner.run([_which("mke2fs"), "-q", "-F", "-t", "ext4", "-L", "gridops-root", "-E", "root_owner=0:0",
+                        "-d", root, raw, recipe["size"]])
+        finally:
+            remove_tree(root)
+        runner.run([_which("qemu-img"), "convert", "-f", "raw", "-O", "qcow2", raw, os.path.join(tmp, "disk.qcow2")])
+        os.unlink(raw)
+        shutil.copyfile(rres["manifest"], os.path.join(tmp, "manifest.txt"))
+        return {
+            "disk": "disk.qcow2",
+            "vmlinuz": "vmlinuz",
+            "initrd": "initrd.img",
+            "manifest": "manifest.txt",
+            "kernel_version": kver,
+            "cmdline": DISK_IMAGE_CMDLINE,
+            "ssh_key_parameter": DISK_IMAGE_KEY_PARAMETER,
+            "disk_bytes": os.path.getsize(os.path.join(tmp, "disk.qcow2")),
+            "package_count": rres.get("package_count"),
+            "rootfs_key": rres["key"],
+        }
+    return build
+
+
+def disk_image(recipe=None, cache_dir=None, force=False, check=False):
+    """A qcow2 disk of a Debian system that QEMU boots with the kernel and initrd next to it.
+
+    The root file system is the whole disk (``/dev/vda``, ext4, no partition
+    table, no boot loader), made with ``mke2fs -d`` without loop mounts.  Boot
+    with ``-kernel vmlinuz -initrd initrd.img -append "<cmdline> gridops.ssh_key=<base64>"``
+    to let a key in as root; systemd-networkd asks DHCP on ``interface``.
+    """
+    started = time.monotonic()
+    cache = Cache(cache_dir)
+    recipe = normalize_recipe("disk_image", recipe)
+    for item in recipe["files"]:
+        if "src" in item and not os.path.isfile(item["src"]):
+            raise ArtifactError("disk_image recipe: file %s: src %s is not a file" % (item["path"], item["src"]))
+    rres = rootfs(disk_rootfs_recipe(recipe), cache_dir=cache.root, check=check)
+    inputs = {
+        "rootfs_key": rres["key"],
+        "templates": _DISK_IMAGE_TEMPLATE_HASH,
+        "src_files": dict((f["src"], sha256_file(f["src"])) for f in recipe["files"] if "src" in f),
+    }
+    key = cache_key("disk_image", recipe, inputs)
+    if check and rres["changed"]:
+        meta, changed = None, True
+    else:
+        meta, changed = cache.build("disk_image", key, _build_disk_image(recipe, rres),
+                                    describe=_describe(recipe, inputs), force=force, check=check)
+    res = _result(cache, "disk_image", key, meta, changed or rres["changed"], recipe, inputs, started,
+                  ("disk", "vmlinuz", "initrd", "manifest"))
+    res["rootfs"] = rres
+    return res
+
+
 BUILDERS = {
     "kernel": kernel,
     "initramfs": initramfs,
     "rootfs": rootfs,
     "container_image": container_image,
     "image": image,
+    "disk_image": disk_image,
 }
 
 

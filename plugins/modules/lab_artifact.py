@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: lab_artifact
-short_description: Build or reuse a kernel, initramfs, root file system, container image or environment image from Debian packages
+short_description: Build or reuse a kernel, initramfs, root file system, container image, environment image or guest disk from Debian packages
 version_added: 0.1.0
 description:
   - Makes, from Debian packages only, the artifacts the lab and the tests boot or run, the deploy
@@ -35,12 +35,19 @@ description:
     with the kernel package, extra files, enabled systemd services and a first-boot script, as one
     compressed tarball with its sha256 and the paths of its kernel and initrd. Its ssh host keys are
     removed and made again on each node's first boot; C(/etc/machine-id) is empty.
+  - C(disk_image) is a qcow2 disk of a Debian guest that QEMU boots with the C(vmlinuz) and C(initrd.img)
+    next to it (C(-kernel), C(-initrd), and C(-append) with C(cmdline)), a rootfs with systemd, sshd, python3,
+    Debian's kernel and a small initrd (virtio and ext4 only), the whole disk one ext4 file system made with
+    C(mke2fs -d) (no loop mount, no partition table, no boot loader). systemd-networkd asks DHCP on the
+    recipe's interface (C(eth0), as the command line has C(net.ifnames=0)). C(gridops.ssh_key=<base64 of
+    authorized_keys>) on the command line lets a key in as root, so one cached disk serves every run with its
+    own key; each guest makes its own SSH host key. Boot it from a qcow2 overlay to keep it unchanged.
   - The cache key is the sha256 of the kind, the builder's version, the recipe with its defaults,
     and what was resolved from the machine (package versions, hashes of copied host files). A
     changed recipe gives a new artifact; an unchanged one is reused.
   - Builds run under a lock per key into a temporary directory renamed into place when complete,
     so concurrent runs sharing a cache build each artifact once and a failed build leaves nothing.
-  - Runs where the artifacts are wanted, usually C(localhost). C(rootfs), C(container_image) and C(image) need root.
+  - Runs where the artifacts are wanted, usually C(localhost). C(rootfs), C(container_image), C(image) and C(disk_image) need root.
 author:
   - gridops.metal developers (@gridops)
 options:
@@ -49,7 +56,7 @@ options:
       - Which artifact to build.
     type: str
     required: true
-    choices: [kernel, initramfs, rootfs, container_image, image]
+    choices: [kernel, initramfs, rootfs, container_image, image, disk_image]
   recipe:
     description:
       - What to build. Options not given take their defaults, listed here per kind.
@@ -72,6 +79,11 @@ options:
         C(kernel) (kernel package, default C(linux-image-amd64), empty for none); C(files) (as for
         C(initramfs)); C(services) (systemd units to enable); C(first_boot) (a script run once, at the
         first boot, by a systemd unit); C(compression) (C(zstd), C(gzip), C(xz) or C(none), default C(zstd))."
+      - "C(disk_image): C(suite), C(mirror), C(components), C(packages) (besides the base: systemd-sysv, udev, dbus,
+        openssh-server, python3, python3-apt, linux-image-amd64, initramfs-tools, kmod, e2fsprogs, iproute2,
+        iputils-ping, procps); C(size) (of the disk, default C(4G)); C(hostname) (default C(gridops-guest));
+        C(interface) (asks DHCP, default C(eth0), empty for none); C(modules) (of the initrd, default
+        C([virtio_pci, virtio_blk, crc32c_generic, ext4])); C(files) (as for C(initramfs))."
     type: dict
     default: {}
   cache_dir:
@@ -100,7 +112,8 @@ notes:
 requirements:
   - apt, dpkg-deb and depmod (C(kernel))
   - busybox-static, and dropbear-bin when keys are given (C(initramfs))
-  - debootstrap, tar and zstd (C(rootfs), C(image))
+  - debootstrap, tar and zstd (C(rootfs), C(image), C(disk_image))
+  - mke2fs (e2fsprogs) and qemu-img (qemu-utils) (C(disk_image))
   - podman (C(container_image))
 seealso:
   - name: debootstrap
@@ -215,11 +228,11 @@ log:
   type: str
 vmlinuz:
   description: The kernel image.
-  returned: when O(kind) is V(kernel) or V(initramfs) and the artifact exists
+  returned: when O(kind) is V(kernel), V(initramfs) or V(disk_image) and the artifact exists
   type: str
 kernel_version:
   description: The kernel release (C(uname -r)) of the kernel and of the initramfs modules.
-  returned: when O(kind) is V(kernel) or V(initramfs) and the artifact exists
+  returned: when O(kind) is V(kernel), V(initramfs) or V(disk_image) and the artifact exists
   type: str
   sample: 6.1.0-56-amd64
 modules_dir:
@@ -272,11 +285,11 @@ tarball:
   type: str
 manifest:
   description: The installed packages, one C(name<TAB>version) a line.
-  returned: when O(kind) is V(rootfs) or V(image) and the artifact exists
+  returned: when O(kind) is V(rootfs), V(image) or V(disk_image) and the artifact exists
   type: str
 package_count:
   description: How many packages the root file system holds.
-  returned: when O(kind) is V(rootfs) or V(image) and the artifact exists
+  returned: when O(kind) is V(rootfs), V(image) or V(disk_image) and the artifact exists
   type: int
 sha256:
   description: The sha256 of the image tarball.
@@ -307,16 +320,38 @@ image_id:
   returned: when O(kind=container_image) and the artifact exists
   type: str
 rootfs_key:
-  description: The key of the root file system the image was made from.
-  returned: when O(kind) is V(container_image) or V(image) and the artifact exists
+  description: The key of the root file system the image or disk was made from.
+  returned: when O(kind) is V(container_image), V(image) or V(disk_image) and the artifact exists
   type: str
+disk:
+  description: The qcow2 disk (the root file system is the whole disk, C(/dev/vda)).
+  returned: when O(kind=disk_image) and the artifact exists
+  type: str
+initrd:
+  description: The disk's initrd (initramfs-tools, virtio and ext4 modules only).
+  returned: when O(kind=disk_image) and the artifact exists
+  type: str
+cmdline:
+  description: The kernel command line to boot the disk with.
+  returned: when O(kind=disk_image) and the artifact exists
+  type: str
+  sample: root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.firstboot=off
+ssh_key_parameter:
+  description: The kernel command line parameter that takes root's authorized keys, base64-encoded.
+  returned: when O(kind=disk_image) and the artifact exists
+  type: str
+  sample: gridops.ssh_key
+disk_bytes:
+  description: Size of the qcow2 file.
+  returned: when O(kind=disk_image) and the artifact exists
+  type: int
 kernel:
   description: The result for the kernel the initramfs was built for (same keys as for O(kind=kernel)).
   returned: when O(kind=initramfs)
   type: dict
 rootfs:
-  description: The result for the root file system the image was made from (same keys as for O(kind=rootfs)).
-  returned: when O(kind) is V(container_image) or V(image)
+  description: The result for the root file system the image or disk was made from (same keys as for O(kind=rootfs)).
+  returned: when O(kind) is V(container_image), V(image) or V(disk_image)
   type: dict
 """
 
