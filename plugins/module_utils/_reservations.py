@@ -17,7 +17,7 @@ Every parser returns *jobs*: dicts with the keys of :data:`JOB_KEYS`::
     state       str        as the scheduler spells it: "Running", "RUNNING", "running"
     name        str|None
     queue       str|None   OAR queue, Slurm partition
-    types       [str]      OAR job types ("deploy", "noop", "env=debian12"); [] elsewhere
+    types       [str]      OAR job types ("deploy", "noop", "besteffort"); [] elsewhere
     walltime    int|None   seconds; None when unlimited
     started_at  int|None   seconds since the epoch; None before the start
     ends_at     int|None   started_at + walltime (Slurm: its end_time)
@@ -129,13 +129,11 @@ def parse_walltime(value):
     text = str(value).strip()
     if text.isdigit():
         return int(text)
-    days = 0
-    if "-" in text:
-        head, text = text.split("-", 1)
-        days = int(head)
-    parts = [int(p) for p in text.split(":")]
-    if not 1 <= len(parts) <= 3:
+    match = re.match(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$", text)
+    if not match:
         raise ValueError("not a duration: %r" % (value,))
+    days = int(match.group(1) or 0)
+    parts = [int(p) for p in match.groups()[1:] if p is not None]
     while len(parts) < 3:
         parts.insert(0, 0)
     return days * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]

@@ -180,25 +180,21 @@ class ReservationInventory(BaseInventoryPlugin, Constructable, Cacheable):
         keyed_groups = self.get_option("keyed_groups")
         self.inventory.add_group("reserved")
 
-        # A node in several jobs (shared nodes) is in each job's group; its job_* come from the highest id.
-        job_of = {}
+        # The job_* variables are the job group's: set once per job, not once per node (10,000 nodes
+        # would mean 100,000 set_variable calls). Every node of the job has them all the same.
+        held, job_vars = {}, {}
         for job in sorted(jobs, key=lambda j: _natural(j["id"])):
             group = self.inventory.add_group(self._sanitize_group_name("job_%s" % job["id"]))
+            job_vars[job["id"]] = _job_vars(job)
+            for name, value in job_vars[job["id"]].items():
+                self.inventory.set_variable(group, name, value)
             for node in job["nodes"]:
                 self.inventory.add_host(node, group="reserved")
                 self.inventory.add_child(group, node)
-                job_of[node] = job
+                held.setdefault(node, []).append(job)
 
         missing = []
-        job_vars = {}
-        for node, job in job_of.items():
-            if job["id"] not in job_vars:
-                job_vars[job["id"]] = wrap_var({
-                    "job_id": job["id"], "job_scheduler": job["scheduler"], "job_user": job["user"],
-                    "job_state": job["state"], "job_name": job["name"], "job_queue": job["queue"],
-                    "job_types": job["types"], "job_walltime": job["walltime"],
-                    "job_started_at": rsv.isotime(job["started_at"]), "job_ends_at": rsv.isotime(job["ends_at"]),
-                })
+        for node, node_jobs in held.items():
             variables = {}
             if description is not None:
                 facts = rsv.node_facts(description, node)
@@ -209,7 +205,10 @@ class ReservationInventory(BaseInventoryPlugin, Constructable, Cacheable):
             address = addresses.get(node)
             if address and address != node and "ansible_host" not in variables:
                 variables["ansible_host"] = address
-            variables.update(job_vars[job["id"]])
+            if len(node_jobs) > 1:
+                # A node in several jobs (shared nodes) is in each job's group; as host variables, the
+                # job_* of the highest id win over every group's.
+                variables.update(job_vars[node_jobs[-1]["id"]])
             for name, value in variables.items():
                 self.inventory.set_variable(node, name, value)
             cluster = variables.get("cluster")
@@ -218,12 +217,26 @@ class ReservationInventory(BaseInventoryPlugin, Constructable, Cacheable):
                 self.inventory.add_group("nodes")
                 self.inventory.add_child("nodes", cluster_group)
                 self.inventory.add_child(cluster_group, node)
-            self._set_composite_vars(compose, variables, node, strict=strict)
-            self._add_host_to_composed_groups(groups, variables, node, strict=strict)
-            self._add_host_to_keyed_groups(keyed_groups, variables, node, strict=strict)
+            if compose or groups or keyed_groups:
+                # What the node will see: its job's variables, then its own (with inventory_hostname).
+                variables = dict(job_vars[node_jobs[-1]["id"]])
+                variables.update(self.inventory.get_host(node).get_vars())
+                self._set_composite_vars(compose, variables, node, strict=strict)
+                self._add_host_to_composed_groups(groups, variables, node, strict=strict)
+                self._add_host_to_keyed_groups(keyed_groups, variables, node, strict=strict)
         if missing:
             display.warning("%s: %d reserved node(s) missing from the cluster description %s, kept without "
                             "their facts: %s" % (self.source(), len(missing), desc_path, _fold(missing)))
+
+
+def _job_vars(job):
+    # Marked unsafe: job names and users come from the scheduler's users.
+    return wrap_var({
+        "job_id": job["id"], "job_scheduler": job["scheduler"], "job_user": job["user"],
+        "job_state": job["state"], "job_name": job["name"], "job_queue": job["queue"],
+        "job_types": job["types"], "job_walltime": job["walltime"],
+        "job_started_at": rsv.isotime(job["started_at"]), "job_ends_at": rsv.isotime(job["ends_at"]),
+    })
 
 
 def _load_yaml(text):
