@@ -175,6 +175,9 @@ def test_bad_descriptions_are_refused_naming_the_field(bed, converged):
 def test_update_check_mode_and_remove(bed, converged):
     small = yaml.safe_load(bed.exec("cat", "%s/small-1.yml" % IMAGES).stdout)
     before = registry_dump(bed)
+    # The description file the role wrote is a valid input, and the same environment.
+    same = env_module(bed, {"src": "%s/small-1.yml" % IMAGES, "user": "alice"})
+    assert same["changed"] is False and same["environment"]["version"] == 1
     newer = dict((k, v) for k, v in small.items() if k != "version")
     planned = env_module(bed, {"operation": "update", "description": dict(newer, description="v2"), "user": "alice"},
                          check=True)

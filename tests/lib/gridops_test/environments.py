@@ -23,7 +23,7 @@ if __name__ == "__main__" and sys.path and pathlib.Path(sys.path[0]).resolve() =
 
 # What the deploy server needs besides the lab's packages to verify zstd images and hold rights
 # (until roles/lab's lab_server_packages has them; then this is the lab's image exactly).
-SERVER_EXTRA_PACKAGES = ("zstd", "python3-clustershell")
+SERVER_EXTRA_PACKAGES = ("zstd", "python3-clustershell", "python3-yaml")
 
 
 def server_image(cache_dir=None):
