@@ -46,9 +46,13 @@ START_PLAYBOOK = """
 """
 
 
-def _role(playbook, config):
+def _role(playbook, config, check=True):
     return ansible_run.playbook(str(playbook), "localhost,", dict(config, ansible_python_interpreter=sys.executable),
-                                args=["-c", "local"])
+                                args=["-c", "local"], check=check)
+
+
+def _role_unchecked(playbook, config):
+    return _role(playbook, config, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +241,17 @@ def test_end_hook_removed_the_spool_entry_and_the_job_rights_only(oar_cluster, s
     assert [(r["nodes"], r["origin"]) for r in rights] == [("node-1", "admin")]
     log = hooks["log"].read_text()
     assert "job %s ended: spool entry removed" % job["id"] in log, log
+
+
+def test_the_role_refuses_bad_input_and_a_sites_own_prologue(oar_cluster, hooks, tmp_path):  # noqa: F811
+    conf = tmp_path / "oar.conf"
+    conf.write_text(oar_cluster.conf.read_text().replace(
+        'SERVER_PROLOGUE_EXEC_FILE="%s/oar-start"' % hooks["config"]["reservation_hooks_dir"],
+        'SERVER_PROLOGUE_EXEC_FILE="/etc/oar/site_prologue"'))
+    before = conf.read_text()
+    res = _role_unchecked(hooks["playbook"], dict(hooks["config"], reservation_hooks_oar_conf=str(conf)))
+    assert res.rc != 0 and "already runs /etc/oar/site_prologue as SERVER_PROLOGUE_EXEC_FILE" in res.stdout, res
+    assert conf.read_text() == before
+
+    res = _role_unchecked(hooks["playbook"], dict(hooks["config"], reservation_hooks_scheduler="pbs"))
+    assert res.rc != 0 and "reservation_hooks_scheduler" in res.stdout and "oar, slurm" in res.stdout, res
