@@ -175,24 +175,30 @@ def test_module_end_to_end(farm, netns):
     # Secrets never come back.
     assert bmcs.PASSWORD not in json.dumps(res) and "not-the-password" not in json.dumps(res)
 
-    res, _wall = bmcs.run_module(netns.name, dict(args, fail_on_any=True))
+    (res, alone), _wall, _out = bmcs.run_module_tasks(netns.name, [dict(args, fail_on_any=True),
+                                                                   dict(args, nodes=nodes[5:])])
     assert res.get("failed") and res["failed_nodes"] == [names[5]]
     # ipmi_sim never marks a boot device valid, so it is set again: changed.
     assert res["changed"] and res["nodes"][names[1]]["actions"] == ["boot device pxe (next boot)"]
-    res, _wall = bmcs.run_module(netns.name, dict(args, nodes=nodes[5:]))
-    assert res.get("failed") and res["msg"] == "1 node(s): 0 changed, 1 failed"
+    # When every node failed, the task fails.
+    assert alone.get("failed") and alone["msg"] == "1 node(s): 0 changed, 1 failed"
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_ARGUMENTS = [
     ({"state": "hibernate"}, "value of state must be one of: query, on, off, shutdown, reset, cycle, reboot"),
     ({"boot_device": "floppy"}, "value of boot_device must be one of: pxe, disk, cdrom, bios, default"),
     ({"state": "reboot", "very_hard": {"command": ["pdu", "{outlet}"]}}, "names {outlet}"),
     ({"window": 0}, "window must be at least 1"),
-])
-def test_bad_arguments_are_refused_before_anything_is_sent(farm, netns, args, message):
-    res, _wall = bmcs.run_module(netns.name, dict({"nodes": farm.nodes()}, **args))
-    assert res.get("failed") and message in res["msg"], res["msg"]
-    assert "nodes" not in res
+    ({"state": "reboot", "soft": {"passphrase": "x"}}, "Unsupported parameters"),
+]
+
+
+def test_bad_arguments_are_refused_before_anything_is_sent(farm, netns):
+    results, _wall, _out = bmcs.run_module_tasks(
+        netns.name, [dict({"nodes": farm.nodes()}, **args) for args, _message in BAD_ARGUMENTS])
+    for res, (_args, message) in zip(results, BAD_ARGUMENTS):
+        assert res.get("failed") and message in res["msg"], res["msg"]
+        assert "nodes" not in res
     assert all(farm.events(b["name"]) == [] for b in farm.bmcs)
 
 

@@ -457,28 +457,39 @@ def run_module(netns, args, check_mode=False, diff=False, timeout=900, extra_env
     """One gridops.metal.power task on localhost inside netns, through ansible-playbook.
 
     Returns (task_result, wall_seconds); task_result is the registered result
-    (with 'failed' when the task failed).
+    (with 'failed' when the task failed) plus '_stdout', the playbook's output.
+    """
+    results, wall, stdout = run_module_tasks(netns, [args], check_mode, diff, timeout, extra_env)
+    results[0]["_stdout"] = stdout
+    return results[0], wall
+
+
+def run_module_tasks(netns, tasks, check_mode=False, diff=False, timeout=900, extra_env=None):
+    """Several gridops.metal.power tasks (their args) in one ansible-playbook run.
+
+    Returns ([task_result, ...], wall_seconds, stdout); a failing task does not
+    stop the next.
     """
     with tempfile.TemporaryDirectory(prefix="gridops-power-") as tmp:
         tmp = pathlib.Path(tmp)
         out_file = tmp / "result.json"
         playbook = tmp / "power.yml"
         # JSON is YAML: the arguments go in as they are (they hold passwords: mode 0600).
-        playbook.write_text(
-            "- hosts: localhost\n"
-            "  gather_facts: false\n"
-            "  tasks:\n"
-            "    - name: Power\n"
-            "      gridops.metal.power: %s\n"
-            "      register: power_result\n"
-            "      ignore_errors: true\n"
-            "    - name: Keep the result\n"
-            "      ansible.builtin.copy:\n"
-            "        content: \"{{ power_result | to_json }}\"\n"
-            "        dest: %s\n"
-            "        mode: \"0600\"\n"
-            "      check_mode: false\n"
-            "      diff: false\n" % (json.dumps(args), json.dumps(str(out_file))))
+        text = "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        for i, args in enumerate(tasks):
+            text += ("    - name: Power %d\n"
+                     "      gridops.metal.power: %s\n"
+                     "      register: power_%d\n"
+                     "      ignore_errors: true\n" % (i, json.dumps(args), i))
+        text += ("    - name: Keep the results\n"
+                 "      ansible.builtin.copy:\n"
+                 "        content: \"{{ [%s] | to_json }}\"\n"
+                 "        dest: %s\n"
+                 "        mode: \"0600\"\n"
+                 "      check_mode: false\n"
+                 "      diff: false\n" % (", ".join("power_%d" % i for i in range(len(tasks))),
+                                           json.dumps(str(out_file))))
+        playbook.write_text(text)
         playbook.chmod(0o600)
         argv = ["ansible-playbook", "-i", "localhost,", "-c", "local", str(playbook),
                 "-e", json.dumps({"ansible_python_interpreter": sys.executable})]
@@ -494,6 +505,4 @@ def run_module(netns, args, check_mode=False, diff=False, timeout=900, extra_env
         if not out_file.exists():
             raise AssertionError("ansible-playbook gave no result (rc %d)\n%s\n%s"
                                  % (proc.returncode, proc.stdout[-4000:], proc.stderr[-3000:]))
-        result = json.loads(out_file.read_text())
-        result["_stdout"] = proc.stdout
-        return result, wall
+        return json.loads(out_file.read_text()), wall, proc.stdout
