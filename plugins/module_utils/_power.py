@@ -139,6 +139,8 @@ def make_request(state="query", boot_device=None, boot_persistent=False, boot_ue
         raise PowerInputError("boot_device %r: one of %s" % (boot_device, ", ".join(BOOT_DEVICES)))
     if timeout is None or timeout <= 0:
         raise PowerInputError("timeout must be positive")
+    if login_timeout is None or login_timeout <= 0:
+        raise PowerInputError("login_timeout must be positive")
     levels = {}
     given = {"soft": soft, "hard": hard, "very_hard": very_hard}
     for level in LEVELS:

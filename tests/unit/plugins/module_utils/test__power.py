@@ -82,8 +82,10 @@ def test_window_and_spacing():
     assert _power.run_windowed(9, work, window=3, spacing=0.05) == ["r%d" % i for i in range(9)]
     took = time.monotonic() - begin
     assert peak[0] == 3
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert min(gaps) >= 0.045, gaps
+    # Measured inside the threads, so with their start-up jitter.
+    starts.sort()
+    assert starts[-1] - starts[0] >= 8 * 0.05 - 0.01, starts
+    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.025
     # 9 jobs of 0.15 s, 3 at a time: about 3 rounds, not 9.
     assert took < 9 * 0.15
 
