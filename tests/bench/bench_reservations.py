@@ -11,9 +11,9 @@ Scenarios, each joined with a cluster description of every node (MAC, IP, BMC, c
 * --jobs jobs of so many nodes each, from the spool.
 
 Prints, per scenario, the best wall time and CPU time (user + system) of --runs runs and the peak memory
-(maximum resident set size) of the ansible-inventory process, next to two references: ansible-inventory on
-an empty inventory (its start-up) and on a static list of as many hosts without variables (the floor of
---list for that many hosts). On a shared machine, CPU time is the steadier figure.
+(maximum resident set size) of the ansible-inventory process, next to three references: ansible-inventory on
+an empty inventory (its start-up), on a static list of as many hosts without variables (the floor of --list
+for that many hosts), and on a static JSON inventory of the same hosts and variables. On a shared machine, CPU time is the steadier figure.
 Figures only: nothing is asserted.
 """
 import argparse
@@ -132,6 +132,18 @@ def scenarios(work, nodes, jobs, per_job):
     yield "reference: empty inventory (start-up)", work / "empty.yml"
     (work / "bare.json").write_text(json.dumps({"all": {"hosts": dict((n, None) for n in big)}}))
     yield "reference: static list of %d hosts, no variables" % nodes, work / "bare.json"
+
+    facts = _yaml_load((work / "site.yml").read_text())
+    static = {}
+    for node in big:
+        hostvars = dict(facts["vars"], **facts["clusters"]["big"])
+        hostvars.update(facts["nodes"][node])
+        hostvars.update({"job_id": "1", "job_scheduler": "oar", "job_user": "alice", "job_state": "running",
+                         "job_name": "bench", "job_queue": "default", "job_types": ["deploy"], "job_walltime": 7200,
+                         "job_started_at": "2026-01-01T00:00:00Z", "job_ends_at": "2026-01-01T02:00:00Z"})
+        static[node] = hostvars
+    (work / "static.json").write_text(json.dumps({"all": {"hosts": static}}))
+    yield "reference: static JSON inventory, same hosts and vars", work / "static.json"
 
     write_spool(work / "spool-one", [(1, big)])
     (work / "one.reservation.yml").write_text(
