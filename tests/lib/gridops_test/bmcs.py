@@ -481,14 +481,14 @@ def run_module_tasks(netns, tasks, check_mode=False, diff=False, timeout=900, ex
                      "      gridops.metal.power: %s\n"
                      "      register: power_%d\n"
                      "      ignore_errors: true\n" % (i, json.dumps(args), i))
+        registered = ", ".join("power_%d" % i for i in range(len(tasks)))
         text += ("    - name: Keep the results\n"
                  "      ansible.builtin.copy:\n"
                  "        content: \"{{ [%s] | to_json }}\"\n"
                  "        dest: %s\n"
                  "        mode: \"0600\"\n"
                  "      check_mode: false\n"
-                 "      diff: false\n" % (", ".join("power_%d" % i for i in range(len(tasks))),
-                                           json.dumps(str(out_file))))
+                 "      diff: false\n") % (registered, json.dumps(str(out_file)))
         playbook.write_text(text)
         playbook.chmod(0o600)
         argv = ["ansible-playbook", "-i", "localhost,", "-c", "local", str(playbook),

@@ -103,7 +103,7 @@ def dead_bmcs():
 
     def make(count=1):
         ports = []
-        for _ in range(count):
+        while len(ports) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.bind(("127.0.0.1", 0))
             socks.append(sock)
