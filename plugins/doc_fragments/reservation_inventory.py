@@ -62,3 +62,22 @@ notes:
     first job's walltime. When the source cannot be read or answers nonsense and a cached inventory exists, a
     warning says so and the cached inventory is used, without the jobs past their walltime.
 """
+
+    # Where the scheduler's commands run: the oar and slurm plugins.
+    FRONTEND = r"""
+options:
+  frontend:
+    description:
+      - Run the scheduler's commands over SSH on this host (C(user@host), or a host of C(~/.ssh/config)), a
+        frontend or login node, instead of here.
+    type: str
+  ssh_args:
+    description: Arguments of C(ssh) before the host, with O(frontend).
+    type: list
+    elements: str
+    default: ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10']
+  timeout:
+    description: Seconds to wait for each command (or REST API request).
+    type: int
+    default: 30
+"""

@@ -26,6 +26,7 @@ extends_documentation_fragment:
   - constructed
   - inventory_cache
   - gridops.metal.reservation_inventory
+  - gridops.metal.reservation_inventory.frontend
 options:
   plugin:
     description: The name of this plugin.
@@ -57,19 +58,6 @@ options:
     description: The C(oarstat) command (on O(frontend) when that is set).
     type: str
     default: oarstat
-  frontend:
-    description:
-      - Run C(oarstat) over SSH on this host (C(user@host) or a host from C(~/.ssh/config)) instead of here.
-    type: str
-  ssh_args:
-    description: Arguments of C(ssh) before the host, with O(frontend).
-    type: list
-    elements: str
-    default: ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10']
-  timeout:
-    description: Seconds to wait for C(oarstat) or for each REST API request.
-    type: int
-    default: 30
 """
 
 EXAMPLES = r"""

@@ -29,6 +29,7 @@ extends_documentation_fragment:
   - constructed
   - inventory_cache
   - gridops.metal.reservation_inventory
+  - gridops.metal.reservation_inventory.frontend
 options:
   plugin:
     description: The name of this plugin.
@@ -53,19 +54,6 @@ options:
     description: Whether to read the nodes' addresses with C(sinfo --json) and set C(ansible_host) from them.
     type: bool
     default: true
-  frontend:
-    description:
-      - Run the commands over SSH on this host (C(user@host) or a host from C(~/.ssh/config)) instead of here.
-    type: str
-  ssh_args:
-    description: Arguments of C(ssh) before the host, with O(frontend).
-    type: list
-    elements: str
-    default: ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10']
-  timeout:
-    description: Seconds to wait for each command.
-    type: int
-    default: 30
 """
 
 EXAMPLES = r"""

@@ -6,21 +6,17 @@ the rights registry and the start playbook's artifacts, until the job is deleted
 """
 import contextlib
 import json
-import pathlib
 import shutil
-import sys
 import time
 
 import pytest
 import yaml
 
 from ansible_collections.gridops.metal.plugins.module_utils import _registry, _rights
-from gridops_test import ansible_run, schedulers
+from gridops_test import schedulers
 from gridops_test.fixtures_schedulers import oar_cluster, scheduler_user  # noqa: F401 pylint: disable=unused-import
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-RUNNER = pathlib.Path(sys.executable).parent / "ansible-runner"
 
 DESCRIPTION = {
     "vars": {"bmc_user": "admin", "bmc_port": 623, "bmc_kind": "ipmi_sim"},
@@ -46,52 +42,24 @@ START_PLAYBOOK = """
 """
 
 
-def _role(playbook, config, check=True):
-    return ansible_run.playbook(str(playbook), "localhost,", dict(config, ansible_python_interpreter=sys.executable),
-                                args=["-c", "local"], check=check)
-
-
-def _role_unchecked(playbook, config):
-    return _role(playbook, config, check=False)
-
-
 @pytest.fixture(scope="module")
-def hooks(oar_cluster, tmp_path_factory):  # noqa: F811
+def hooks(oar_cluster):  # noqa: F811
     """The role applied to the private OAR: hooks with rights, and a start playbook waited for."""
-    root = schedulers.private_dir("hooks")
+    installed = schedulers.ReservationHooks("oar", DESCRIPTION, START_PLAYBOOK, reservation_hooks_runner_wait=True,
+                                            reservation_hooks_oar_conf=str(oar_cluster.conf))
     try:
-        (root / "description.yml").write_text(yaml.safe_dump(DESCRIPTION))
-        (root / "start.yml").write_text(START_PLAYBOOK)
-        playbook = tmp_path_factory.mktemp("oar-hooks") / "hooks.yml"
-        playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [gridops.metal.reservation_hooks]\n")
-        config = {
-            "reservation_hooks_scheduler": "oar",
-            "reservation_hooks_dir": str(root / "lib"),
-            "reservation_hooks_state_dir": str(root / "state"),
-            "reservation_hooks_oar_conf": str(oar_cluster.conf),
-            "reservation_hooks_registry": str(root / "registry" / "registry.sqlite"),
-            "reservation_hooks_start_playbook": str(root / "start.yml"),
-            "reservation_hooks_cluster_description": str(root / "description.yml"),
-            "reservation_hooks_ansible_runner": str(RUNNER),
-            "reservation_hooks_runner_envvars": {
-                "ANSIBLE_COLLECTIONS_PATH": str(ansible_run.REPO / "build" / "collections")},
-            "reservation_hooks_runner_wait": True,
-        }
-        first = _role(playbook, config)
-        assert first.changed() > 0
-        again = _role(playbook, config)
+        assert installed.apply().changed() > 0
+        again = installed.apply()
         assert again.changed() == 0, "the second run changed something\n%s" % again
-        yield {"root": root, "spool": root / "state" / "spool", "runs": root / "state" / "runs",
-               "log": root / "state" / "hooks.log", "registry": root / "registry" / "registry.sqlite",
-               "description": root / "description.yml", "playbook": playbook, "config": config}
+        yield installed
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        installed.close()
 
 
 @pytest.fixture(scope="module")
 def job(oar_cluster, scheduler_user, hooks):  # noqa: F811
     """A running noop+deploy job of the ordinary user on node-3 and node-4 (node-4 is not described)."""
-    with _registry.Registry(str(hooks["registry"])) as reg:
+    with _registry.Registry(str(hooks.registry)) as reg:
         # A right of the same user from elsewhere: the job's end must not take it away.
         _rights.grant(reg, scheduler_user.name, ["node-1"], origin="admin")
     job_id = oar_cluster.oarsub(scheduler_user, "-t", "noop", "-t", "deploy", "-n", "inventory-test",
@@ -100,18 +68,16 @@ def job(oar_cluster, scheduler_user, hooks):  # noqa: F811
         oar_cluster.wait_state(job_id, "Running", timeout=90)
     except TimeoutError:
         raise AssertionError("job %s did not start: %s\nhooks.log:\n%s\n%s" % (
-            job_id, oar_cluster.job(job_id), hooks["log"].read_text() if hooks["log"].exists() else "(none)",
-            oar_cluster.diagnostics()))
+            job_id, oar_cluster.job(job_id), hooks.log_text(), oar_cluster.diagnostics()))
     # A noop job is Running before OAR calls the server prologue: wait for the hook's last step.
     done = "job %s: start playbook done" % job_id
-    schedulers.procs.wait_for(lambda: hooks["log"].exists() and done in hooks["log"].read_text(), 60,
-                              what="the start hook")
+    schedulers.procs.wait_for(lambda: done in hooks.log_text(), 60, what="the start hook")
     record = oar_cluster.job(job_id)
     yield {"id": str(job_id), "start": record["startTime"], "user": scheduler_user.name}
     if oar_cluster.job(job_id)["state"] == "Running":
         oar_cluster.oardel(scheduler_user, job_id)
     # Let the end hook finish before its directories go.
-    spool_entry = hooks["spool"] / ("oar-%s.json" % job_id)
+    spool_entry = hooks.spool / ("oar-%s.json" % job_id)
     with contextlib.suppress(TimeoutError):
         schedulers.procs.wait_for(lambda: not spool_entry.exists(), 30, what="the end hook")
 
@@ -147,18 +113,18 @@ def _check_job_inventory(inv, job, description=True):
 
 
 def test_start_hook_wrote_the_spool_granted_rights_and_ran_the_playbook(hooks, job):
-    entry = json.loads((hooks["spool"] / ("oar-%s.json" % job["id"])).read_text())
+    entry = json.loads((hooks.spool / ("oar-%s.json" % job["id"])).read_text())
     assert entry["nodes"] == ["node-3", "node-4"] and entry["user"] == job["user"]
     assert entry["ends_at"] == job["start"] + 1800 and entry["walltime"] == 1800
 
-    with _registry.Registry(str(hooks["registry"])) as reg:
+    with _registry.Registry(str(hooks.registry)) as reg:
         rights = _rights.list_rights(reg, user=job["user"])
     mine = [r for r in rights if r["origin"] == "oar:%s" % job["id"]]
     assert [(r["nodes"], r["partition"]) for r in mine] == [("node-[3-4]", "*")]
     assert mine[0]["expires"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job["start"] + 1800))
 
     # The playbook ran before the job started (runner_wait), with the job's inventory and the description.
-    run = hooks["runs"] / ("oar-%s" % job["id"])
+    run = hooks.runs / ("oar-%s" % job["id"])
     assert (run / "artifacts" / "start" / "rc").read_text().strip() == "0"
     seen = json.loads((run / "seen.json").read_text())
     assert seen == {"id": job["id"], "reserved": ["node-3", "node-4"], "job_user": job["user"],
@@ -167,7 +133,7 @@ def test_start_hook_wrote_the_spool_granted_rights_and_ran_the_playbook(hooks, j
 
 def test_oar_inventory_from_oarstat(oar_cluster, hooks, job, tmp_path):  # noqa: F811
     path = _write(tmp_path, "job.oar.yml", {
-        "plugin": "gridops.metal.oar", "job_ids": [int(job["id"])], "cluster_description": str(hooks["description"]),
+        "plugin": "gridops.metal.oar", "job_ids": [int(job["id"])], "cluster_description": str(hooks.description),
         "keyed_groups": [{"key": "job_types", "prefix": "type"}]})
     rc, inv, err = _inventory(oar_cluster, path)
     assert rc == 0, err
@@ -179,7 +145,7 @@ def test_oar_inventory_from_oarstat(oar_cluster, hooks, job, tmp_path):  # noqa:
 def test_oar_inventory_from_the_rest_api(oar_cluster, hooks, job, tmp_path):  # noqa: F811
     path = _write(tmp_path, "api.oar.yml", {
         "plugin": "gridops.metal.oar", "api_url": oar_cluster.api_url, "users": [job["user"]],
-        "cluster_description": str(hooks["description"])})
+        "cluster_description": str(hooks.description)})
     rc, inv, err = _inventory(oar_cluster, path)
     assert rc == 0, err
     _check_job_inventory(inv, job)
@@ -187,8 +153,8 @@ def test_oar_inventory_from_the_rest_api(oar_cluster, hooks, job, tmp_path):  # 
 
 def test_reservation_inventory_from_the_hooks_spool(hooks, job, tmp_path):
     path = _write(tmp_path, "jobs.reservation.yml", {
-        "plugin": "gridops.metal.reservation", "spool_dir": str(hooks["spool"]),
-        "cluster_description": str(hooks["description"])})
+        "plugin": "gridops.metal.reservation", "spool_dir": str(hooks.spool),
+        "cluster_description": str(hooks.description)})
     rc, inv, err = schedulers.ansible_inventory(path)
     assert rc == 0, err
     _check_job_inventory(inv, job)
@@ -234,24 +200,24 @@ def test_scheduler_down_uses_a_warm_cache_with_a_warning(oar_cluster, job, tmp_p
 def test_end_hook_removed_the_spool_entry_and_the_job_rights_only(oar_cluster, scheduler_user, hooks, job):  # noqa: F811
     oar_cluster.oardel(scheduler_user, int(job["id"]))
     oar_cluster.wait_state(int(job["id"]), ("Terminated", "Error"))
-    schedulers.procs.wait_for(lambda: not (hooks["spool"] / ("oar-%s.json" % job["id"])).exists(), 30,
+    schedulers.procs.wait_for(lambda: not (hooks.spool / ("oar-%s.json" % job["id"])).exists(), 30,
                               what="the end hook")
-    with _registry.Registry(str(hooks["registry"])) as reg:
+    with _registry.Registry(str(hooks.registry)) as reg:
         rights = _rights.list_rights(reg, user=job["user"], include_expired=True)
     assert [(r["nodes"], r["origin"]) for r in rights] == [("node-1", "admin")]
-    log = hooks["log"].read_text()
+    log = hooks.log_text()
     assert "job %s ended: spool entry removed" % job["id"] in log, log
 
 
 def test_the_role_refuses_bad_input_and_a_sites_own_prologue(oar_cluster, hooks, tmp_path):  # noqa: F811
     conf = tmp_path / "oar.conf"
     conf.write_text(oar_cluster.conf.read_text().replace(
-        'SERVER_PROLOGUE_EXEC_FILE="%s/oar-start"' % hooks["config"]["reservation_hooks_dir"],
+        'SERVER_PROLOGUE_EXEC_FILE="%s/oar-start"' % hooks.config["reservation_hooks_dir"],
         'SERVER_PROLOGUE_EXEC_FILE="/etc/oar/site_prologue"'))
     before = conf.read_text()
-    res = _role_unchecked(hooks["playbook"], dict(hooks["config"], reservation_hooks_oar_conf=str(conf)))
+    res = hooks.apply(check=False, reservation_hooks_oar_conf=str(conf))
     assert res.rc != 0 and "already runs /etc/oar/site_prologue as SERVER_PROLOGUE_EXEC_FILE" in res.stdout, res
     assert conf.read_text() == before
 
-    res = _role_unchecked(hooks["playbook"], dict(hooks["config"], reservation_hooks_scheduler="pbs"))
+    res = hooks.apply(check=False, reservation_hooks_scheduler="pbs")
     assert res.rc != 0 and "reservation_hooks_scheduler" in res.stdout and "oar, slurm" in res.stdout, res

@@ -7,21 +7,16 @@ are checked until the job is cancelled.
 """
 import contextlib
 import json
-import pathlib
-import shutil
-import sys
 import time
 
 import pytest
 import yaml
 
 from ansible_collections.gridops.metal.plugins.module_utils import _registry, _rights
-from gridops_test import ansible_run, schedulers
+from gridops_test import schedulers
 from gridops_test.fixtures_schedulers import scheduler_user, slurm_cluster  # noqa: F401 pylint: disable=unused-import
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-RUNNER = pathlib.Path(sys.executable).parent / "ansible-runner"
 
 # node-2 is missing on purpose.
 DESCRIPTION = {"cluster": "lab", "nodes": {"node-1": {"mac": "52:54:00:00:01:01", "bmc_address": "10.9.2.1"},
@@ -42,49 +37,31 @@ START_PLAYBOOK = """
 
 
 @pytest.fixture(scope="module")
-def hooks(slurm_cluster, tmp_path_factory):  # noqa: F811
-    root = schedulers.private_dir("hooks")
+def hooks(slurm_cluster):  # noqa: F811
+    """The role applied to the private Slurm, its start playbook in the background (the default)."""
+    # The test's slurmctld is no service: restarted here, as the role's handler would.
+    installed = schedulers.ReservationHooks("slurm", DESCRIPTION, START_PLAYBOOK,
+                                            reservation_hooks_slurm_conf=str(slurm_cluster.conf),
+                                            reservation_hooks_slurmctld_service="")
     try:
-        (root / "description.yml").write_text(yaml.safe_dump(DESCRIPTION))
-        (root / "start.yml").write_text(START_PLAYBOOK)
-        playbook = tmp_path_factory.mktemp("slurm-hooks") / "hooks.yml"
-        playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [gridops.metal.reservation_hooks]\n")
-        config = {
-            "reservation_hooks_scheduler": "slurm",
-            "reservation_hooks_dir": str(root / "lib"),
-            "reservation_hooks_state_dir": str(root / "state"),
-            "reservation_hooks_slurm_conf": str(slurm_cluster.conf),
-            # The test's slurmctld is no service: restarted below, as the role's handler would.
-            "reservation_hooks_slurmctld_service": "",
-            "reservation_hooks_registry": str(root / "registry" / "registry.sqlite"),
-            "reservation_hooks_start_playbook": str(root / "start.yml"),
-            "reservation_hooks_cluster_description": str(root / "description.yml"),
-            "reservation_hooks_ansible_runner": str(RUNNER),
-            "reservation_hooks_runner_envvars": {
-                "ANSIBLE_COLLECTIONS_PATH": str(ansible_run.REPO / "build" / "collections")},
-            "ansible_python_interpreter": sys.executable,
-        }
-        res = ansible_run.playbook(str(playbook), "localhost,", config, args=["-c", "local"])
-        assert res.changed() > 0
+        assert installed.apply().changed() > 0
         slurm_cluster.restart_controller()
-        yield {"spool": root / "state" / "spool", "runs": root / "state" / "runs", "log": root / "state" / "hooks.log",
-               "registry": root / "registry" / "registry.sqlite", "description": root / "description.yml"}
+        yield installed
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        installed.close()
 
 
 @pytest.fixture(scope="module")
 def job(slurm_cluster, scheduler_user, hooks):  # noqa: F811
     job_id = slurm_cluster.sbatch(scheduler_user, "-N", "2", "-t", "30", "-J", "inventory-test",
                                   "--chdir", str(scheduler_user.home), "--wrap", "sleep 1000")
-    spool_entry = hooks["spool"] / ("slurm-%d.json" % job_id)
+    spool_entry = hooks.spool / ("slurm-%d.json" % job_id)
     try:
         slurm_cluster.wait_state(job_id, "RUNNING")
         schedulers.procs.wait_for(spool_entry.exists, 30, what="the start hook")
     except TimeoutError:
         raise AssertionError("job %s: %s\nhooks.log:\n%s\n%s" % (
-            job_id, slurm_cluster.job_state(job_id), hooks["log"].read_text() if hooks["log"].exists() else "(none)",
-            slurm_cluster.diagnostics()))
+            job_id, slurm_cluster.job_state(job_id), hooks.log_text(), slurm_cluster.diagnostics()))
     yield {"id": str(job_id), "user": scheduler_user.name, "entry": json.loads(spool_entry.read_text())}
     if slurm_cluster.job_state(job_id) == "RUNNING":
         slurm_cluster.scancel(scheduler_user, job_id)
@@ -117,12 +94,12 @@ def test_start_hook_wrote_the_spool_granted_rights_and_started_the_playbook(hook
     assert entry["nodes"] == ["node-1", "node-2"] and entry["user"] == job["user"]
     assert entry["walltime"] == 1800 and entry["ends_at"] - entry["started_at"] == 1800
 
-    with _registry.Registry(str(hooks["registry"])) as reg:
+    with _registry.Registry(str(hooks.registry)) as reg:
         rights = _rights.list_rights(reg, user=job["user"])
     assert [(r["nodes"], r["origin"]) for r in rights] == [("node-[1-2]", "slurm:%s" % job["id"])]
 
     # In the background (the default): the job did not wait for it.
-    run = hooks["runs"] / ("slurm-%s" % job["id"])
+    run = hooks.runs / ("slurm-%s" % job["id"])
     schedulers.procs.wait_for((run / "artifacts" / "start" / "rc").exists, 60, what="the start playbook")
     assert (run / "artifacts" / "start" / "rc").read_text().strip() == "0", (run / "start.log").read_text()
     assert json.loads((run / "seen.json").read_text()) == {"id": job["id"], "reserved": ["node-1", "node-2"]}
@@ -131,7 +108,7 @@ def test_start_hook_wrote_the_spool_granted_rights_and_started_the_playbook(hook
 def test_slurm_inventory(slurm_cluster, hooks, job, tmp_path):  # noqa: F811
     path = _write(tmp_path, "job.slurm.yml", {
         "plugin": "gridops.metal.slurm", "job_ids": [job["id"]], "slurm_conf": str(slurm_cluster.conf),
-        "cluster_description": str(hooks["description"])})
+        "cluster_description": str(hooks.description)})
     rc, inv, err = schedulers.ansible_inventory(path, slurm_cluster.argv([]))
     assert rc == 0, err
     _check(inv, job)
@@ -144,8 +121,8 @@ def test_slurm_inventory(slurm_cluster, hooks, job, tmp_path):  # noqa: F811
 
 def test_reservation_inventory_from_the_hooks_spool(hooks, job, tmp_path):
     path = _write(tmp_path, "jobs.reservation.yml", {
-        "plugin": "gridops.metal.reservation", "spool_dir": str(hooks["spool"]), "schedulers": ["slurm"],
-        "cluster_description": str(hooks["description"])})
+        "plugin": "gridops.metal.reservation", "spool_dir": str(hooks.spool), "schedulers": ["slurm"],
+        "cluster_description": str(hooks.description)})
     rc, inv, err = schedulers.ansible_inventory(path)
     assert rc == 0, err
     _check(inv, job)
@@ -161,7 +138,7 @@ def test_unknown_job_is_an_error_naming_the_source(slurm_cluster, tmp_path):  # 
 
 def test_end_hook_removed_the_spool_entry_and_the_rights(slurm_cluster, scheduler_user, hooks, job):  # noqa: F811
     slurm_cluster.scancel(scheduler_user, int(job["id"]))
-    schedulers.procs.wait_for(lambda: not (hooks["spool"] / ("slurm-%s.json" % job["id"])).exists(), 30,
+    schedulers.procs.wait_for(lambda: not (hooks.spool / ("slurm-%s.json" % job["id"])).exists(), 30,
                               what="the end hook")
-    with _registry.Registry(str(hooks["registry"])) as reg:
+    with _registry.Registry(str(hooks.registry)) as reg:
         assert _rights.list_rights(reg, user=job["user"], include_expired=True) == []

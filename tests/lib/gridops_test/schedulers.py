@@ -28,6 +28,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -491,3 +492,51 @@ def ansible_inventory(path, argv_prefix=(), args=(), env=None):
                           capture_output=True, text=True, timeout=120, check=False)
     inventory = ansible_run._untag(json.loads(proc.stdout)) if proc.returncode == 0 else None
     return proc.returncode, inventory, proc.stderr
+
+
+class ReservationHooks:
+    """The reservation_hooks role applied to a private scheduler; its files in a private directory.
+
+    role_vars complete the role's variables (the scheduler's configuration file, runner_wait...);
+    apply() runs the role (again) with overrides, as ansible_run.playbook does."""
+
+    def __init__(self, scheduler, description, start_playbook, **role_vars):
+        import yaml
+
+        from . import ansible_run
+
+        self.root = private_dir("hooks")
+        (self.root / "description.yml").write_text(yaml.safe_dump(description))
+        (self.root / "start.yml").write_text(start_playbook)
+        self.playbook = self.root / "hooks.yml"
+        self.playbook.write_text("- hosts: localhost\n  gather_facts: false\n"
+                                 "  roles: [gridops.metal.reservation_hooks]\n")
+        self.description = self.root / "description.yml"
+        self.spool = self.root / "state" / "spool"
+        self.runs = self.root / "state" / "runs"
+        self.log = self.root / "state" / "hooks.log"
+        self.registry = self.root / "registry" / "registry.sqlite"
+        runner = pathlib.Path(sys.executable).parent / "ansible-runner"
+        self.config = dict({
+            "reservation_hooks_scheduler": scheduler,
+            "reservation_hooks_dir": str(self.root / "lib"),
+            "reservation_hooks_state_dir": str(self.root / "state"),
+            "reservation_hooks_registry": str(self.registry),
+            "reservation_hooks_start_playbook": str(self.root / "start.yml"),
+            "reservation_hooks_cluster_description": str(self.description),
+            "reservation_hooks_ansible_runner": str(runner),
+            "reservation_hooks_runner_envvars": {
+                "ANSIBLE_COLLECTIONS_PATH": str(ansible_run.REPO / "build" / "collections")},
+        }, **role_vars)
+
+    def apply(self, check=True, **overrides):
+        from . import ansible_run
+
+        extra = dict(self.config, ansible_python_interpreter=sys.executable, **overrides)
+        return ansible_run.playbook(str(self.playbook), "localhost,", extra, args=["-c", "local"], check=check)
+
+    def log_text(self):
+        return self.log.read_text() if self.log.exists() else "(no hooks.log)"
+
+    def close(self):
+        shutil.rmtree(self.root, ignore_errors=True)
