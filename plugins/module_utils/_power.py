@@ -297,8 +297,6 @@ class NodeRun(object):
 
     def _final(self):
         """Power and boot device as the BMC reports them at the end."""
-        if self.req["check_mode"]:
-            return
         bmc = self._bmc()
         self.res["power"] = bmc.power_state()
         try:
