@@ -25,7 +25,9 @@ NODES = {  # as molecule.yml's inventory
     "node-3": ("52-54-00-21-39-03", "10.213.9.13", "pxelinux",
                {"kind": "kernel", "kernel": "images/rescue/vmlinuz", "initrd": ["images/rescue/initrd.img"],
                 "params": "rescue"}),
-    "node-4": ("52-54-00-21-39-04", "10.213.9.14", "ipxe", {"kind": "install", "answer_file": "preseed/node-4.cfg"}),
+    "node-4": ("52-54-00-21-39-04", "10.213.9.14", "ipxe",
+               {"kind": "install", "answer_file": "preseed/node-4.cfg", "kernel": "images/rescue/vmlinuz",
+                "initrd": ["images/rescue/initrd.img"]}),
 }
 
 
@@ -79,6 +81,7 @@ def test_one_reservation_and_two_boot_files_per_node(host):
     assert sorted(host.file(HOSTS).listdir()) == sorted(d for d, _ip, _l, _p in NODES.values())
     ipxe = host.file("%s/ipxe/52-54-00-21-39-04.ipxe" % ROOT).content_string
     assert "url=http://%s/preseed/node-4.cfg hostname=node-4 BOOTIF=01-52-54-00-21-39-04" % SERVER in ipxe
+    assert "dhcp-ignore" not in host.file("/etc/dnsmasq.d/gridops-pxe.conf").content_string, "unknown clients served"
 
 
 def test_loaders_and_defaults_in_the_boot_root(host):
