@@ -66,6 +66,7 @@ plugin: gridops.metal.oar
 job_ids: [4711]
 cluster_description: /etc/gridops/site-nodes.yml
 
+---
 # mine.oar.yml: every running job of alice, read on the frontend, grouped by job type.
 plugin: gridops.metal.oar
 frontend: alice@frontend.nancy.example.org
@@ -74,6 +75,7 @@ keyed_groups:
   - key: job_types
     prefix: type
 
+---
 # api.oar.yml: through the REST API, cached for 5 minutes (never past a walltime).
 plugin: gridops.metal.oar
 api_url: https://api.example.org/oarapi

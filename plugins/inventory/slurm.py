@@ -62,6 +62,7 @@ plugin: gridops.metal.slurm
 job_ids: [1234]
 cluster_description: /etc/gridops/site-nodes.yml
 
+---
 # mine.slurm.yml: every running job of bob, from the login node, one group per partition.
 plugin: gridops.metal.slurm
 frontend: bob@login.example.org
