@@ -62,7 +62,7 @@ def run(runs=3, loaders=("pxelinux", "ipxe"), ra=True, workdir=None, out=print):
             bed.close()
     summary = {}
     for loader, boots in results.items():
-        summary[loader] = dict((phase, {"median": statistics.median(b[phase] for b in boots),
+        summary[loader] = dict((phase, {"median": round(statistics.median(b[phase] for b in boots), 2),
                                         "min": min(b[phase] for b in boots), "max": max(b[phase] for b in boots)})
                                for phase in boots[0])
         figures = dict(loader=loader, runs=len(boots), ra=ra, **summary[loader])
