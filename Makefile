@@ -31,11 +31,20 @@ $(VENV)/.stamp: requirements.txt requirements-dev.txt
 
 bootstrap: $(VENV)/.stamp
 
+# Some packages' postinst start their service (postgresql, munge, slurm, oar,
+# apache2): a policy-rc.d keeps them stopped during the install (tests run
+# private instances), and nothing may be left running afterwards.
 deps: bootstrap
 	@missing="$$($(VENV)/bin/bindep -b || true)"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \
-		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+		policy=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; policy=1; fi; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; rc=$$?; \
+		[ -z "$$policy" ] || rm -f /usr/sbin/policy-rc.d; \
+		[ $$rc -eq 0 ] || exit $$rc; \
+		if pgrep -x 'munged|slurmctld|slurmd|postgres|Almighty|apache2|cron' >/dev/null; then \
+			echo "a package started a service; stop it" >&2; exit 1; fi; \
 	fi
 
 install: deps

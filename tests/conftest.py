@@ -12,7 +12,7 @@ import pytest
 
 from gridops_test import net, procs
 
-pytest_plugins = ["gridops_test.fixtures_artifacts"]
+pytest_plugins = ["gridops_test.fixtures_artifacts", "gridops_test.fixtures_schedulers"]
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 COLLECTIONS = REPO / "build" / "collections"

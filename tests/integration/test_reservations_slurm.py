@@ -14,7 +14,6 @@ import yaml
 
 from ansible_collections.gridops.metal.plugins.module_utils import _registry, _rights
 from gridops_test import schedulers
-from gridops_test.fixtures_schedulers import scheduler_user, slurm_cluster  # noqa: F401 pylint: disable=unused-import
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
