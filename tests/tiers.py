@@ -51,9 +51,11 @@ def _sanity_home():
 
 def tier_sanity():
     """ansible-test wants the tree at ansible_collections/<ns>/<name>: copy it."""
-    dest = SANITY_ROOT / "ansible_collections" / "gridops" / "metal"
-    if dest.exists():
-        shutil.rmtree(dest)
+    # Per run, so two runs on one machine do not overwrite each other's copy.
+    root = SANITY_ROOT.parent / ("sanity-" + os.environ.get("GRIDOPS_TEST_SUFFIX", str(os.getpid())))
+    if root.exists():
+        shutil.rmtree(root)
+    dest = root / "ansible_collections" / "gridops" / "metal"
     dest.mkdir(parents=True)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
                            check=True, capture_output=True).stdout.decode().split("\0")
