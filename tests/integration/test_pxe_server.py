@@ -6,6 +6,8 @@ a QEMU (TCG) machine on a tap of that bridge boots from it:
 
 * over pxelinux and TFTP, then over iPXE and HTTP, into the test ramdisk
   (GRIDOPS-INITRAMFS-READY on its serial console);
+* as a UEFI machine (OVMF's own PXE) through syslinux.efi, and through
+  iPXE's snponly.efi then HTTP;
 * after ``netboot`` switched it to ``local``, into its disk;
 * as an unknown client, into the default profile;
 * with the server in proxy-DHCP mode next to another DHCP server.
@@ -17,6 +19,7 @@ Figures (power-on to ramdisk userspace per loader, converge times, 1,000
 profiles through the module) are printed on FIGURES lines (pytest -s).
 """
 import json
+import os
 import re
 import subprocess
 import time
@@ -110,6 +113,25 @@ def test_ipxe_over_http_reaches_the_ramdisk(bed):
         assert re.search(r'^%s .*"GET %s HTTP/1.1" 200 ' % (re.escape(IP), re.escape(path)), requests, re.M), \
             (path, requests)
     figures("pxe-boot-ipxe-http", **phases)
+
+
+@pytest.mark.parametrize("loader, program", [("pxelinux", "syslinux.efi"), ("ipxe", "snponly.efi")])
+def test_uefi_firmware_pxe_gets_the_efi_loader(bed, loader, program):
+    """OVMF's own PXE client (DHCP option 93 = 7, no NIC ROM): syslinux.efi, or iPXE's snponly.efi then HTTP."""
+    if not os.path.exists(pxe.Guest.OVMF_CODE):
+        pytest.skip("no OVMF (Debian package ovmf)")
+    bed.netboot(nodes=[{"mac": MAC, "loader": loader}])
+    since = bed.exec("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
+    guest = pxe.Guest(bed, bed.tap, MAC, name="uefi-" + loader, firmware="uefi", nic_rom=False)
+    try:
+        guest.power_on()
+        _match, seconds = guest.wait_for(r"GRIDOPS-INITRAMFS-READY ip=" + re.escape(IP), timeout=180)
+    finally:
+        guest.power_off()
+    assert "NBP filename is %s" % program in guest.console()
+    log = bed.journal("dnsmasq", since=since)
+    assert "sent /srv/gridops-pxe/%s to %s" % (program, IP) in log and "gridops-efi64" in log
+    figures("pxe-boot-uefi-" + loader, ready=round(seconds, 2))
 
 
 def test_netboot_local_makes_the_next_boot_go_to_disk(bed):

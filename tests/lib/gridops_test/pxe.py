@@ -171,7 +171,10 @@ class PxeBed:
 class Guest:
     """A QEMU (TCG) machine that boots from the network, then the disk; serial console in a file."""
 
-    def __init__(self, bed, tap, mac, name="guest", memory=256):
+    OVMF_CODE = "/usr/share/OVMF/OVMF_CODE.fd"
+    OVMF_VARS = "/usr/share/OVMF/OVMF_VARS.fd"
+
+    def __init__(self, bed, tap, mac, name="guest", memory=256, firmware="bios", nic_rom=True):
         self.bed = bed
         self.tap = tap
         self.mac = mac
@@ -185,23 +188,35 @@ class Guest:
             with open(self.disk, "wb") as fh:
                 fh.truncate(16 * 1024 * 1024)
         self.memory = memory
+        self.firmware = firmware
+        self.nic_rom = nic_rom
+        if firmware == "uefi":
+            self.vars = self.dir / "OVMF_VARS.fd"
+            self.vars.write_bytes(pathlib.Path(self.OVMF_VARS).read_bytes())
         self.proc = None
         self.started = None
         self.offset = 0
 
     def argv(self):
-        return [
+        argv = [
             "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-m", str(self.memory), "-smp", "1",
             "-nodefaults", "-display", "none", "-vga", "none", "-no-reboot",
             "-drive", "file=%s,format=raw,if=none,id=disk0" % self.disk,
-            "-device", "virtio-blk-pci,drive=disk0",
+            "-device", "virtio-blk-pci,drive=disk0,bootindex=2",
             "-netdev", "tap,id=net0,ifname=%s,script=no,downscript=no" % self.tap,
-            "-device", "virtio-net-pci,netdev=net0,mac=%s" % self.mac,
+            # Without the NIC's iPXE ROM, the firmware's own PXE client boots (under OVMF).
+            "-device", "virtio-net-pci,netdev=net0,mac=%s,bootindex=1%s" % (self.mac, "" if self.nic_rom else ",romfile="),
             "-chardev", "file,id=serial0,path=%s,append=on" % self.console_path,
             "-serial", "chardev:serial0",
-            "-fw_cfg", "name=etc/sercon-port,file=%s" % self.sercon,
-            "-boot", "order=nc",
         ]
+        if self.firmware == "uefi":
+            # OVMF: the firmware's own PXE (DHCP option 93 = 7), on QEMU's iPXE EFI driver for the NIC.
+            argv += ["-drive", "if=pflash,format=raw,readonly=on,file=%s" % self.OVMF_CODE,
+                     "-drive", "if=pflash,format=raw,file=%s" % self.vars]
+        else:
+            # SeaBIOS prints to VGA only: sercon mirrors it (and iPXE) to the serial port.
+            argv += ["-fw_cfg", "name=etc/sercon-port,file=%s" % self.sercon]
+        return argv
 
     def power_on(self):
         """Start QEMU (as our child, in the fabric namespace); console text from now on is this boot's."""
