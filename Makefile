@@ -58,8 +58,7 @@ $(TIERS): install
 	$(VENV)/bin/python tests/tiers.py $@
 
 demo: install
-	ansible-playbook playbooks/lab_up.yml
-	ansible-playbook playbooks/lab_status.yml
+	ansible-playbook playbooks/demo.yml
 
 demo-down: install
 	ansible-playbook playbooks/lab_down.yml
