@@ -23,7 +23,7 @@ PYTHON_VERSION = "%d.%d" % sys.version_info[:2]
 
 
 def pytest_cmd(tier, path):
-    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--durations=10",
             "--junitxml=%s" % (REPORTS / (tier + ".xml")), path]
 
 
