@@ -70,21 +70,9 @@ class Netns:
 
     def pids(self):
         """PIDs of processes whose network namespace is this one."""
-        try:
-            target = os.stat(self.path)
-        except FileNotFoundError:
-            return []
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                st = os.stat("/proc/%s/ns/net" % entry)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-                found.append(int(entry))
-        return found
+        from ansible_collections.gridops.metal.plugins.module_utils._lab import netns_pids
+
+        return netns_pids(self.name)
 
     def close(self):
         ip("netns", "delete", self.name, check=False)
