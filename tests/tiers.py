@@ -149,6 +149,25 @@ def leftovers(suffix):
     return found
 
 
+def become_subreaper():
+    """Orphans of the tiers (daemons that detach: conmon, the lab supervisor) are
+    re-parented to this process instead of PID 1, which never reaps them here."""
+    import ctypes
+
+    if os.geteuid() == 0:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap():
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def run_tier(name):
     report = REPORTS / (name + ".xml")
     if report.exists():
@@ -183,9 +202,11 @@ def main(argv):
     # One suffix for every name the tests make (gridops_test.net.run_suffix), so
     # what they leave behind can be found afterwards.
     suffix = os.environ.setdefault("GRIDOPS_TEST_SUFFIX", os.urandom(3).hex())
+    become_subreaper()
     results = []
     for name in names:
         results.append((name,) + run_tier(name))
+        reap()
     left = leftovers(suffix)
     print("\n==> gridops.metal test summary")
     print("%-12s %-8s %9s  %s" % ("tier", "status", "seconds", "tests"))
