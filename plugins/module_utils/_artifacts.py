@@ -1229,6 +1229,7 @@ def image_rootfs_recipe(recipe):
 
 
 def _place_files(target, files):
+    """Write a recipe's files into a tree, refusing to leave it through a symlink."""
     for item in files:
         dest = os.path.join(target, item["path"].lstrip("/"))
         parent = os.path.realpath(os.path.dirname(dest))
@@ -1407,23 +1408,6 @@ def disk_rootfs_recipe(recipe):
     }
 
 
-def _install_recipe_files(root, files):
-    """Write a recipe's files into a tree, refusing to leave it through a symlink."""
-    for item in files:
-        dest = os.path.join(root, item["path"].lstrip("/"))
-        parent = os.path.realpath(os.path.dirname(dest))
-        if not (parent + "/").startswith(os.path.realpath(root) + "/") or os.path.isdir(dest):
-            raise ArtifactError("file %s would replace a directory or leave the image through a link" % item["path"])
-        if os.path.lexists(dest):
-            os.unlink(dest)
-        if "src" in item:
-            with open(item["src"], "rb") as fh:
-                data = fh.read()
-        else:
-            data = item["content"]
-        _write(dest, data, int(item["mode"], 8))
-
-
 def _build_disk_image(recipe, rres):
     def build(tmp, runner):
         if os.geteuid() != 0:
@@ -1454,7 +1438,7 @@ def _build_disk_image(recipe, rres):
                 units.append("systemd-networkd.service")
             _write(os.path.join(root, "etc/initramfs-tools/conf.d/gridops-guest.conf"), "MODULES=list\n")
             _write(os.path.join(root, "etc/initramfs-tools/modules"), "".join(m + "\n" for m in recipe["modules"]))
-            _install_recipe_files(root, recipe["files"])
+            _place_files(root, recipe["files"])
             # Offline: systemctl only makes (or masks with) links.
             runner.run(["chroot", root, "systemctl", "enable"] + units, env=_CHROOT_ENV)
             runner.run(["chroot", root, "systemctl", "mask"] + list(_DISK_IMAGE_MASKED), env=_CHROOT_ENV)

@@ -42,10 +42,10 @@ def test_files_escaping_the_tree_are_refused(tmp_path):
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     (root / "link").symlink_to(tmp_path)
-    art._install_recipe_files(str(root), [{"path": "/etc/motd", "content": "hi\n", "mode": "0600"}])
+    art._place_files(str(root), [{"path": "/etc/motd", "content": "hi\n", "mode": "0600"}])
     assert (root / "etc" / "motd").read_text() == "hi\n" and oct((root / "etc" / "motd").stat().st_mode)[-3:] == "600"
     with pytest.raises(art.ArtifactError, match="leave the image through a link"):
-        art._install_recipe_files(str(root), [{"path": "/link/evil", "content": "x", "mode": "0644"}])
+        art._place_files(str(root), [{"path": "/link/evil", "content": "x", "mode": "0644"}])
     assert not (tmp_path / "evil").exists()
 
 
