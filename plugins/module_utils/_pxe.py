@@ -442,6 +442,36 @@ class Config:
         self.check_files = check_files
 
 
+CONFIG_KEYS = ("root", "http_url", "dhcp_hostsdir", "dhcp_addresses", "loader", "deploy_kernel",
+               "deploy_initrd", "deploy_params", "check_files")
+CONFIG_OPTION_KEYS = CONFIG_KEYS + ("dhcp_restart_command",)
+CONFIG_PATH = "/etc/gridops-pxe/netboot.json"
+
+
+def load_config(path=CONFIG_PATH, overrides=None):
+    """(Config, DHCP restart argv) from the JSON file pxe_server writes, under the non-None overrides."""
+    values = {}
+    if path and os.path.exists(path):
+        try:
+            with open(path) as fh:
+                values = json.load(fh)
+        except (IOError, OSError, ValueError) as exc:
+            raise NetbootError("config: cannot read %s: %s" % (path, exc))
+        if not isinstance(values, dict):
+            raise NetbootError("config: %s does not hold a JSON object" % path)
+    for key, value in (overrides or {}).items():
+        if key in CONFIG_OPTION_KEYS and value is not None:
+            values[key] = value
+    for key in ("root", "http_url"):
+        if not values.get(key):
+            raise NetbootError("%s: required (no module option, and not in %s)" % (key, path))
+    command = values.get("dhcp_restart_command") or []
+    if not isinstance(command, list) or not all(isinstance(arg, str) for arg in command):
+        raise NetbootError("dhcp_restart_command: expected a list of strings, got %r" % (command,))
+    kwargs = dict((k, values[k]) for k in CONFIG_KEYS if values.get(k) is not None)
+    return Config(**kwargs), command
+
+
 class _Boot:
     """A profile resolved for rendering: kernel, initrds, command line (or local)."""
 

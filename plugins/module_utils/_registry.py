@@ -5,7 +5,7 @@
 """The deploy server's registry: one embedded SQLite database.
 
 It holds the environments (``_environments``), the deployment rights
-(``_rights``) and, later, the deployment history.  Every public call of those
+(``_rights``) and the deployment history (``_deploy``).  Every public call of those
 engines runs in one transaction (:meth:`Registry.transaction`): either all it
 wrote is there, or nothing is.  In check mode the same transaction is rolled
 back, so a prediction runs exactly the code of the real call.
@@ -58,6 +58,38 @@ MIGRATIONS = (
             UNIQUE (user, node, partition)
         )""",
         "CREATE INDEX rights_by_node ON rights (node)",
+    ),
+    # 2: the deployment history (Kadeploy's kastat): one row per deployment, one per node.
+    (
+        """CREATE TABLE deployments (
+            id TEXT PRIMARY KEY,
+            user TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            environment_version INTEGER,
+            environment_owner TEXT,
+            image_sha256 TEXT NOT NULL,
+            method TEXT NOT NULL,
+            started TEXT NOT NULL,
+            ended TEXT NOT NULL,
+            seconds REAL NOT NULL,
+            nodes INTEGER NOT NULL,
+            deployed INTEGER NOT NULL,
+            failed INTEGER NOT NULL,
+            result TEXT NOT NULL
+        )""",
+        "CREATE INDEX deployments_by_started ON deployments (started)",
+        """CREATE TABLE deployment_nodes (
+            deployment TEXT NOT NULL REFERENCES deployments (id) ON DELETE CASCADE,
+            node TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('deployed', 'failed')),
+            failed_step TEXT,
+            failed_micro_step TEXT,
+            error TEXT,
+            seconds REAL NOT NULL,
+            steps TEXT NOT NULL,
+            PRIMARY KEY (deployment, node)
+        )""",
+        "CREATE INDEX deployment_nodes_by_node ON deployment_nodes (node)",
     ),
 )
 

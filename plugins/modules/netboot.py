@@ -292,40 +292,18 @@ default:
   sample: {previous: null, profile: {kind: local}, changed: true}
 """
 
-import json
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gridops.metal.plugins.module_utils import _pxe
 
-CONFIG_KEYS = ("root", "http_url", "dhcp_hostsdir", "dhcp_addresses", "loader", "deploy_kernel",
-               "deploy_initrd", "deploy_params", "check_files")
-OPTION_KEYS = CONFIG_KEYS + ("dhcp_restart_command",)
-
 
 def load_config(module):
     """Module options over the JSON config file's values."""
-    values = {}
-    path = module.params["config"]
-    if path and os.path.exists(path):
-        try:
-            with open(path) as fh:
-                values = json.load(fh)
-        except (IOError, OSError, ValueError) as exc:
-            module.fail_json(msg="config: cannot read %s: %s" % (path, exc))
-        if not isinstance(values, dict):
-            module.fail_json(msg="config: %s does not hold a JSON object" % path)
-    for key in OPTION_KEYS:
-        if module.params.get(key) is not None:
-            values[key] = module.params[key]
-    for key in ("root", "http_url"):
-        if not values.get(key):
-            module.fail_json(msg="%s: required (no module option, and not in %s)" % (key, path))
-    command = values.get("dhcp_restart_command") or []
-    if not isinstance(command, list) or not all(isinstance(arg, str) for arg in command):
-        module.fail_json(msg="dhcp_restart_command: expected a list of strings, got %r" % (command,))
-    kwargs = dict((k, values[k]) for k in CONFIG_KEYS if values.get(k) is not None)
-    return _pxe.Config(**kwargs), command
+    overrides = dict((k, module.params.get(k)) for k in _pxe.CONFIG_OPTION_KEYS)
+    try:
+        return _pxe.load_config(module.params["config"], overrides)
+    except _pxe.NetbootError as exc:
+        module.fail_json(msg=str(exc))
 
 
 def main():
