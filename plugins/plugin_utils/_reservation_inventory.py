@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import hashlib
+import keyword
 import json
 import os
 import re
@@ -38,6 +39,9 @@ _SELECTION_OPTIONS = ("job_ids", "users", "names", "states")
 # The C loader when there is one: a 10,000-node description loads in a fraction of the time.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _DIGITS = re.compile(r"(\d+)")
+# Names Jinja reads as constants or operators: Ansible warns about them as variable names.
+_JINJA_WORDS = frozenset(("true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is",
+                          "if", "else", "import", "with", "without", "context", "ignore", "missing"))
 
 
 def _natural(value):
@@ -174,30 +178,40 @@ class ReservationInventory(BaseInventoryPlugin, Constructable, Cacheable):
         compose = self.get_option("compose")
         groups = self.get_option("groups")
         keyed_groups = self.get_option("keyed_groups")
-        self.inventory.add_group("reserved")
+        inventory = self.inventory
+        inventory.add_group("reserved")
+        # Hosts that an earlier source of this run made: their variables go through set_variable (which
+        # merges mappings as the hash behaviour says); the nodes this plugin adds take theirs in one update.
+        hosts = inventory.hosts
+        existing = set(hosts)
 
         # The job_* variables are the job group's: set once per job, not once per node (10,000 nodes
         # would mean 100,000 set_variable calls). Every node of the job has them all the same.
         held, job_vars = {}, {}
         for job in sorted(jobs, key=lambda j: _natural(j["id"])):
-            group = self.inventory.add_group(self._sanitize_group_name("job_%s" % job["id"]))
+            group = inventory.add_group(self._sanitize_group_name("job_%s" % job["id"]))
             job_vars[job["id"]] = _job_vars(job)
             for name, value in job_vars[job["id"]].items():
-                self.inventory.set_variable(group, name, value)
+                inventory.set_variable(group, name, value)
             for node in job["nodes"]:
-                self.inventory.add_host(node, group="reserved")
-                self.inventory.add_child(group, node)
-                held.setdefault(node, []).append(job)
+                node_jobs = held.get(node)
+                if node_jobs is None:
+                    inventory.add_host(node, group="reserved")
+                    node_jobs = held[node] = []
+                inventory.add_child(group, node)
+                node_jobs.append(job)
 
         missing = []
+        plain_names = {}  # variable name: whether it needs none of set_variable's checks
+        cluster_groups = {}  # cluster: its group's name
         for node, node_jobs in held.items():
-            variables = {}
+            facts = None
             if description is not None:
                 facts = rsv.node_facts(description, node)
                 if facts is None:
                     missing.append(node)
-                else:
-                    variables.update(facts)
+            # A copy: the description's dicts are shared between nodes (short names) and must stay as loaded.
+            variables = dict(facts) if facts else {}
             address = addresses.get(node)
             if address and address != node and "ansible_host" not in variables:
                 variables["ansible_host"] = address
@@ -205,24 +219,44 @@ class ReservationInventory(BaseInventoryPlugin, Constructable, Cacheable):
                 # A node in several jobs (shared nodes) is in each job's group; as host variables, the
                 # job_* of the highest id win over every group's.
                 variables.update(job_vars[node_jobs[-1]["id"]])
-            for name, value in variables.items():
-                self.inventory.set_variable(node, name, value)
+            if node in existing:
+                for name, value in variables.items():
+                    inventory.set_variable(node, name, value)
+            else:
+                host = hosts[node]
+                for name in variables:
+                    plain = plain_names.get(name)
+                    if plain is None:
+                        plain = plain_names[name] = _plain_name(name)
+                    if not plain:
+                        # Let Ansible check (and warn about) the name; the rest goes in directly.
+                        inventory.set_variable(node, name, variables[name])
+                host.vars.update((k, v) for k, v in variables.items() if plain_names[k])
             cluster = variables.get("cluster")
             if cluster:
-                cluster_group = self.inventory.add_group(self._sanitize_group_name(str(cluster)))
-                self.inventory.add_group("nodes")
-                self.inventory.add_child("nodes", cluster_group)
-                self.inventory.add_child(cluster_group, node)
+                cluster_group = cluster_groups.get(cluster)
+                if cluster_group is None:
+                    cluster_group = cluster_groups[cluster] = inventory.add_group(
+                        self._sanitize_group_name(str(cluster)))
+                    inventory.add_group("nodes")
+                    inventory.add_child("nodes", cluster_group)
+                inventory.add_child(cluster_group, node)
             if compose or groups or keyed_groups:
                 # What the node will see: its job's variables, then its own (with inventory_hostname).
                 variables = dict(job_vars[node_jobs[-1]["id"]])
-                variables.update(self.inventory.get_host(node).get_vars())
+                variables.update(inventory.get_host(node).get_vars())
                 self._set_composite_vars(compose, variables, node, strict=strict)
                 self._add_host_to_composed_groups(groups, variables, node, strict=strict)
                 self._add_host_to_keyed_groups(keyed_groups, variables, node, strict=strict)
         if missing:
             display.warning("%s: %d reserved node(s) missing from the cluster description %s, kept without "
                             "their facts: %s" % (self.source(), len(missing), desc_path, _fold(missing)))
+
+
+def _plain_name(name):
+    """Whether a variable name is one Ansible takes without a word (an identifier, ASCII, no keyword)."""
+    return (isinstance(name, str) and name.isidentifier() and name.isascii() and not keyword.iskeyword(name)
+            and name not in _JINJA_WORDS and not name.startswith("__"))
 
 
 def _job_vars(job):
