@@ -91,6 +91,25 @@ MIGRATIONS = (
         )""",
         "CREATE INDEX deployment_nodes_by_node ON deployment_nodes (node)",
     ),
+    # 3: rights kept per origin: one row per (user, node, partition, origin), so that the end of one job
+    # (revoke by origin) leaves the right another job or the operator (origin NULL) gave on the same node.
+    (
+        """CREATE TABLE rights_by_origin (
+            id INTEGER PRIMARY KEY,
+            user TEXT NOT NULL,
+            node TEXT NOT NULL,
+            partition TEXT NOT NULL,
+            expires TEXT,
+            origin TEXT,
+            granted TEXT NOT NULL
+        )""",
+        "INSERT INTO rights_by_origin (id, user, node, partition, expires, origin, granted) "
+        "SELECT id, user, node, partition, expires, origin, granted FROM rights",
+        "DROP TABLE rights",
+        "ALTER TABLE rights_by_origin RENAME TO rights",
+        "CREATE UNIQUE INDEX rights_unique ON rights (user, node, partition, ifnull(origin, ''))",
+        "CREATE INDEX rights_by_node ON rights (node)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -5,7 +5,12 @@
 """Deployment rights (Kadeploy's karights): which user may deploy on which nodes and partitions, until when.
 
 A right is (user, node, partition) with an optional expiry time; the partition
-``*`` stands for every partition of the node.  Node sets come in ClusterShell's
+``*`` stands for every partition of the node.  Rights are kept per origin
+(``oar:4711``, ``slurm:12``, or none for the operator's own): a grant adds
+or extends the right of its origin and never touches another origin's, so
+the end of one job (:func:`revoke` with its origin) leaves what the operator
+or another job gave on the same node.  A grant never shortens a right: the
+later expiry wins, and no expiry (a permanent right) wins over any.  Node sets come in ClusterShell's
 syntax (``node-[1-8]``, ``node-[1-8]!node-3``) and are kept one row per node,
 so revoking part of a range and checking a deployment need no range
 arithmetic in SQL.  Expired rights give nothing; they stay until revoked
@@ -133,7 +138,7 @@ def _fold(rows, now):
 
 
 def _user_rows(conn, user):
-    return conn.execute("SELECT * FROM rights WHERE user = ? ORDER BY node, partition", (user,)).fetchall()
+    return conn.execute("SELECT * FROM rights WHERE user = ? ORDER BY node, partition, origin", (user,)).fetchall()
 
 
 def _text(rows, now):
@@ -149,8 +154,19 @@ def _diff(user, before, after, now):
             "before_header": "rights of %s" % user, "after_header": "rights of %s" % user}
 
 
+def _later(current, new):
+    """The longer of two expiry stamps (ISO text, same format and zone); None (no end) is the longest."""
+    if current is None or new is None:
+        return None
+    return max(current, new)
+
+
 def grant(reg, user, nodes, partitions=None, expires=None, origin=None, now=None):
-    """Let user deploy on nodes (and partitions, default every one) until expires (None: no end)."""
+    """Let user deploy on nodes (and partitions, default every one) until expires (None: no end).
+
+    The right is origin's (None: the operator's own): an existing right of the same origin is extended
+    to expires, never shortened; the rights of other origins are left as they are.
+    """
     now = now or utcnow()
     check_name("user", user, USER_PATTERN)
     names = expand_nodes(nodes)
@@ -163,41 +179,54 @@ def grant(reg, user, nodes, partitions=None, expires=None, origin=None, now=None
     stamp = isotime(when) if when else None
     with reg.transaction() as conn:
         before = _user_rows(conn, user)
-        current = dict(((r["node"], r["partition"]), r) for r in before)
+        current = dict(((r["node"], r["partition"], r["origin"]), r) for r in before)
         for node in names:
             for part in parts:
-                row = current.get((node, part))
+                row = current.get((node, part, origin))
                 if row is None:
                     conn.execute("INSERT INTO rights (user, node, partition, expires, origin, granted) "
                                  "VALUES (?, ?, ?, ?, ?, ?)", (user, node, part, stamp, origin, isotime(now)))
-                elif row["expires"] != stamp or (origin is not None and row["origin"] != origin):
-                    conn.execute("UPDATE rights SET expires = ?, origin = ?, granted = ? WHERE id = ?",
-                                 (stamp, origin if origin is not None else row["origin"], isotime(now), row["id"]))
+                else:
+                    longer = _later(row["expires"], stamp)
+                    if longer != row["expires"]:
+                        conn.execute("UPDATE rights SET expires = ?, granted = ? WHERE id = ?",
+                                     (longer, isotime(now), row["id"]))
         after = _user_rows(conn, user)
     changed = _summary(before) != _summary(after)
     return {"changed": changed, "rights": _fold(after, now), "diff": _diff(user, before, after, now)}
 
 
-def revoke(reg, user=None, nodes=None, partitions=None, expired=False, now=None):
-    """Drop user's rights on nodes (default all) and partitions (default all); expired: every expired right."""
+ANY_ORIGIN = object()
+
+
+def revoke(reg, user=None, nodes=None, partitions=None, expired=False, now=None, origin=ANY_ORIGIN):
+    """Drop user's rights on nodes (default all) and partitions (default all); expired: every expired right.
+
+    origin: only the rights of that origin (a job's end: ``oar:4711``; None: the operator's own);
+    by default, of every origin.
+    """
     now = now or utcnow()
     if user is None and not expired:
         raise Refused("user", "required (or expired=true to drop every expired right)")
     if user is not None:
         check_name("user", user, USER_PATTERN)
-    names = expand_nodes(nodes) if nodes else None
+    if origin is not ANY_ORIGIN and origin is not None and not isinstance(origin, str):
+        raise Refused("origin", "must be a string")
+    names = set(expand_nodes(nodes)) if nodes else None
     parts = _partitions(partitions)
     with reg.transaction() as conn:
         query, args = "SELECT * FROM rights", []
         if user is not None:
             query, args = query + " WHERE user = ?", [user]
-        rows = conn.execute(query + " ORDER BY user, node, partition", args).fetchall()
+        rows = conn.execute(query + " ORDER BY user, node, partition, origin", args).fetchall()
         gone = [r for r in rows
                 if (names is None or r["node"] in names) and (parts is None or r["partition"] in parts)
+                and (origin is ANY_ORIGIN or r["origin"] == origin)
                 and (not expired or _expired(r, now))]
         for row in gone:
             conn.execute("DELETE FROM rights WHERE id = ?", (row["id"],))
-    kept = [r for r in rows if r not in gone]
+    gone_ids = set(r["id"] for r in gone)
+    kept = [r for r in rows if r["id"] not in gone_ids]
     return {"changed": bool(gone), "revoked": _fold(gone, now), "rights": _fold(kept, now) if user else [],
             "diff": _diff(user or "every user", rows, kept, now)}
 

@@ -99,9 +99,9 @@ def revoke_rights(conf, job):
     """Revoke what this job granted (its origin), not other rights of the same user."""
     from ansible_collections.gridops.metal.plugins.module_utils import _registry, _rights
     with _registry.Registry(conf["rights"]["registry"]) as reg:
-        for right in _rights.list_rights(reg, user=job["user"], nodes=job["nodes"], include_expired=True):
-            if right["origin"] == origin(job):
-                _rights.revoke(reg, job["user"], nodes=[right["nodes"]], partitions=[right["partition"]])
+        # Every node of the origin, not only the nodes the job says it has now: rights are kept per origin,
+        # so the operator's and other jobs' rights on the same nodes stay.
+        _rights.revoke(reg, job["user"], origin=origin(job))
 
 
 def run_playbook(conf, rsv, job, phase):

@@ -73,21 +73,22 @@ def test_oar_start_and_end(setup):
     tmp_path, spool, make = setup
     config = make("oar", oarstat=_stand_in(tmp_path, "oarstat", "oarstat_one_job.json", ["startTime"]))
     with _registry.Registry(str(tmp_path / "registry.sqlite")) as reg:
-        _rights.grant(reg, "alice", ["node-9"], origin="admin")
+        # Rights from elsewhere, one on a node of the job: the job's end must leave them.
+        _rights.grant(reg, "alice", ["node-9", "node-1"], origin="admin")
 
     res = _hook(config, "start", "1")
     assert res.returncode == 0, res.stderr
     entry = json.loads((spool / "oar-1.json").read_text())
     assert entry["nodes"] == ["node-1", "node-2"] and entry["state"] == "running"
     assert entry["ends_at"] - entry["started_at"] == 5400
-    assert _rights_of(tmp_path) == [("node-9", "admin"), ("node-[1-2]", "oar:1")]
+    assert _rights_of(tmp_path) == [("node-[1,9]", "admin"), ("node-[1-2]", "oar:1")]
 
     # The end needs nothing from OAR: the spool entry says it all.
     os.unlink(tmp_path / "oarstat")
     res = _hook(config, "end", "1")
     assert res.returncode == 0, res.stderr
     assert not (spool / "oar-1.json").exists()
-    assert _rights_of(tmp_path) == [("node-9", "admin")]
+    assert _rights_of(tmp_path) == [("node-[1,9]", "admin")]
     log = (tmp_path / "hooks.log").read_text()
     assert "job 1 of alice started on 2 node(s)" in log and "job 1 ended: spool entry removed" in log
 

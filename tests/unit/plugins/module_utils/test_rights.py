@@ -160,3 +160,93 @@ def test_time_parsing():
     assert rights.parse_time(datetime.datetime(2026, 5, 1, 12, 0, 0, 500, tzinfo=utc)) == NOW
     with pytest.raises(Refused):
         rights.parse_time(True)
+
+
+def _rows(reg, user="alice"):
+    with reg.transaction() as conn:
+        return [(r["node"], r["partition"], r["expires"], r["origin"])
+                for r in conn.execute("SELECT * FROM rights WHERE user = ? ORDER BY node, origin", (user,))]
+
+
+def test_a_permanent_right_survives_a_job_grant_and_its_revoke(registry):
+    rights.grant(registry, "alice", ["node-[1-2]"], now=NOW)  # the operator's: no end, no origin
+    job = rights.grant(registry, "alice", ["node-[1-3]"], expires=LATER, origin="oar:42", now=NOW)
+    assert job["changed"] is True
+    assert _rows(registry) == [("node-1", "*", None, None), ("node-1", "*", LATER, "oar:42"),
+                               ("node-2", "*", None, None), ("node-2", "*", LATER, "oar:42"),
+                               ("node-3", "*", LATER, "oar:42")]
+    # The job's end revokes its origin only.
+    end = rights.revoke(registry, "alice", origin="oar:42", now=NOW)
+    assert end["changed"] is True and [r["nodes"] for r in end["revoked"]] == ["node-[1-3]"]
+    assert _rows(registry) == [("node-1", "*", None, None), ("node-2", "*", None, None)]
+    # Long after the job's walltime, the operator's right still holds.
+    assert rights.check(registry, "alice", ["node-[1-2]"], now=at(24 * 365))["allowed"] is True
+    assert rights.check(registry, "alice", ["node-3"], now=at(1))["allowed"] is False
+
+
+def test_the_end_of_one_job_leaves_the_right_of_another_job_on_the_same_node(registry):
+    rights.grant(registry, "alice", ["node-[1-2]"], expires=LATER, origin="oar:1", now=NOW)
+    rights.grant(registry, "alice", ["node-[2-3]"], expires="2026-05-01T20:00:00Z", origin="oar:2", now=NOW)
+    rights.revoke(registry, "alice", origin="oar:1", now=at(1))
+    assert _rows(registry) == [("node-2", "*", "2026-05-01T20:00:00Z", "oar:2"),
+                               ("node-3", "*", "2026-05-01T20:00:00Z", "oar:2")]
+    assert rights.check(registry, "alice", ["node-[2-3]"], now=at(7))["allowed"] is True
+    assert rights.check(registry, "alice", ["node-1"], now=at(1))["allowed"] is False
+    # The other order: the second job ends first, the first one's right (ending earlier) stays as it was.
+    rights.grant(registry, "alice", ["node-2"], expires=LATER, origin="oar:1", now=NOW)
+    rights.revoke(registry, "alice", origin="oar:2", now=at(1))
+    assert _rows(registry) == [("node-2", "*", LATER, "oar:1")]
+    assert rights.check(registry, "alice", ["node-2"], now=at(7))["allowed"] is False
+
+
+def test_an_expiry_is_extended_never_shortened(registry):
+    rights.grant(registry, "alice", ["node-1"], expires="2026-05-01T20:00:00Z", origin="oar:1", now=NOW)
+    shorter = rights.grant(registry, "alice", ["node-1"], expires=LATER, origin="oar:1", now=NOW)
+    assert shorter["changed"] is False and _rows(registry) == [("node-1", "*", "2026-05-01T20:00:00Z", "oar:1")]
+    longer = rights.grant(registry, "alice", ["node-1"], expires="2026-05-02T00:00:00Z", origin="oar:1", now=NOW)
+    assert longer["changed"] is True and _rows(registry) == [("node-1", "*", "2026-05-02T00:00:00Z", "oar:1")]
+    # No end is the longest; nothing with an end shortens it.
+    assert rights.grant(registry, "alice", ["node-1"], origin="oar:1", now=NOW)["changed"] is True
+    assert rights.grant(registry, "alice", ["node-1"], expires=LATER, origin="oar:1", now=NOW)["changed"] is False
+    assert _rows(registry) == [("node-1", "*", None, "oar:1")]
+    # An expired right of the origin is renewed by a new grant.
+    rights.grant(registry, "bob", ["node-1"], expires=LATER, origin="oar:3", now=NOW)
+    renewed = rights.grant(registry, "bob", ["node-1"], expires="2026-05-02T06:00:00Z", origin="oar:3", now=at(7))
+    assert renewed["changed"] is True and _rows(registry, "bob") == [("node-1", "*", "2026-05-02T06:00:00Z", "oar:3")]
+
+
+def test_revoke_without_an_origin_drops_every_origin_and_none_is_the_operators(registry):
+    rights.grant(registry, "alice", ["node-1"], now=NOW)
+    rights.grant(registry, "alice", ["node-1"], expires=LATER, origin="oar:1", now=NOW)
+    assert rights.revoke(registry, "alice", origin=None, now=NOW)["changed"] is True
+    assert _rows(registry) == [("node-1", "*", LATER, "oar:1")]
+    rights.grant(registry, "alice", ["node-1"], now=NOW)
+    assert rights.revoke(registry, "alice", ["node-1"], now=NOW)["changed"] is True
+    assert _rows(registry) == []
+    with pytest.raises(Refused) as err:
+        rights.revoke(registry, "alice", origin=42, now=NOW)
+    assert err.value.field == "origin"
+
+
+def test_a_registry_of_layout_2_keeps_its_rights_and_gets_one_row_per_origin(tmp_path):
+    from ansible_collections.gridops.metal.plugins.module_utils import _registry
+    path = str(tmp_path / "registry.sqlite")
+    conn = sqlite3.connect(path)
+    for migration in _registry.MIGRATIONS[:2]:
+        for statement in migration:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO rights (user, node, partition, expires, origin, granted) "
+                 "VALUES ('alice', 'node-1', '*', NULL, NULL, '2026-04-01T00:00:00Z')")
+    conn.commit()
+    conn.close()
+    with Registry(path) as reg:
+        assert _rows(reg) == [("node-1", "*", None, None)]
+        rights.grant(reg, "alice", ["node-1"], expires=LATER, origin="oar:1", now=NOW)
+        rights.grant(reg, "alice", ["node-1"], now=NOW)  # the operator's again: no second row
+        assert _rows(reg) == [("node-1", "*", None, None), ("node-1", "*", LATER, "oar:1")]
+        with reg.transaction() as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == _registry.SCHEMA_VERSION
+            with pytest.raises(sqlite3.IntegrityError):
+                conn.execute("INSERT INTO rights (user, node, partition, expires, origin, granted) "
+                             "VALUES ('alice', 'node-1', '*', NULL, NULL, 'x')")
