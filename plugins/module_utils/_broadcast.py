@@ -535,6 +535,8 @@ class _Run:
                            seconds=round(time.monotonic() - self.start, 3))
 
     def done(self, node, data):
+        if node.resolved:
+            return
         sha, rc, src = data
         node.result["sha256"] = sha
         logs = ("; " + " | ".join(node.logs)) if node.logs else ""

@@ -178,6 +178,7 @@ def measure(lab, image, size, tmp, method, n, port):
     sizes_ok = all((out_dir / ("%s.img" % r["name"])).stat().st_size == size for r in receivers
                    if (out_dir / ("%s.img" % r["name"])).exists())
     shutil.rmtree(out_dir, ignore_errors=True)
+    procs.reap_orphans()
     return {"seconds": round(out["seconds"], 2), "wall": round(wall, 2), "failed": failed, "sizes_ok": sizes_ok}
 
 
