@@ -17,4 +17,4 @@ def test_reservation_inventory_figures(capsys):
     with capsys.disabled():
         print("\nansible-inventory --list, reduced (the full run: %s)" % BENCH.relative_to(BENCH.parents[2]))
         results = bench.run(nodes=1000, jobs=10, per_job=100, runs=1)
-    assert [hosts for _label, _wall, _cpu, _mib, hosts in results] == [0, 1000, 1000, 1000, 1000, 1000, 1000, 1000]
+    assert [hosts for _label, _wall, _cpu, _mib, hosts, _parse in results] == [0, 1000, 1000, 1000, 1000, 1000, 1000, 1000]
