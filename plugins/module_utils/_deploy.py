@@ -403,7 +403,7 @@ set -e
 ROOT=%(root)s
 NODE=%(node)s
 export GRIDOPS_ROOT="$ROOT" GRIDOPS_NODE="$NODE" GRIDOPS_DISK=%(disk)s GRIDOPS_ENVIRONMENT=%(environment)s
-mountpoint -q "$ROOT" || %(mount)s
+grep -qs " $ROOT " /proc/mounts || %(mount)s
 test -d "$ROOT/etc" || { echo "the image left no /etc in the deploy partition" >&2; exit 5; }
 echo "$NODE" > "$ROOT/etc/hostname"
 if [ -f "$ROOT/etc/hosts" ] && ! grep -q "[[:space:]]$NODE\$" "$ROOT/etc/hosts"; then
@@ -451,7 +451,7 @@ BOOTLOADER_SCRIPT = r"""
 set -e
 ROOT=%(root)s
 DISK=%(disk)s
-mountpoint -q "$ROOT" || %(mount)s
+grep -qs " $ROOT " /proc/mounts || %(mount)s
 resolve() {
     p=$1; n=0
     while [ -L "$ROOT$p" ] && [ $n -lt 10 ]; do
@@ -598,7 +598,8 @@ def broadcast_target(environment, deploy_part):
     image = environment["image"]
     unpack = DECOMPRESS[image.get("compression") or "none"]
     if image["kind"] == "tar":
-        return "%s | tar -x -p --numeric-owner --xattrs --xattrs-include='*' -f - -C %s" % (unpack, q(ROOT))
+        # GNU tar by its path: busybox's tar (first on a ramdisk's PATH) has no --xattrs.
+        return "%s | /usr/bin/tar -x -p --numeric-owner --xattrs --xattrs-include='*' -f - -C %s" % (unpack, q(ROOT))
     return "%s | dd of=%s bs=4M 2>/dev/null" % (unpack, q(deploy_part["device"]))
 
 

@@ -380,7 +380,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             nodes=dict(type="list", elements="str", required=True),
-            node_facts=dict(type="dict", required=True, no_log=True),
+            node_facts=dict(type="dict", required=True, no_log=False),
             environment=dict(type="str"),
             environment_owner=dict(type="str"),
             environment_file=dict(type="path"),
@@ -406,6 +406,10 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    # Only the BMC passwords of node_facts are secret (no_log on the whole dict would hide every value in it).
+    for facts in (params["node_facts"] or {}).values():
+        if isinstance(facts, dict) and facts.get("bmc_password"):
+            module.no_log_values.add(str(facts["bmc_password"]))
     user = params["user"] or pwd.getpwuid(os.getuid()).pw_name
     deployment = _deploy.deployment_id()
     started = _registry.utcnow()
