@@ -10,10 +10,11 @@ export DEBIAN_FRONTEND := noninteractive
 
 TIERS := lint sanity unit integration molecule e2e
 
-.PHONY: help bootstrap deps install test $(TIERS) demo demo-down lab-status build changelog clean
+.PHONY: help bootstrap deps install test $(TIERS) demo deploy demo-down lab-status build changelog clean
 
 help:
 	@echo "make demo        bring up the lab and run the collection against it"
+	@echo "make deploy      deploy Debian 12 onto the lab's nodes (after make demo)"
 	@echo "make demo-down   remove the lab and everything it made"
 	@echo "make test        every test tier: $(TIERS)"
 	@echo "make <tier>      one tier alone"
@@ -59,6 +60,10 @@ $(TIERS): install
 
 demo: install
 	ansible-playbook playbooks/demo.yml
+
+deploy: install
+	ansible-playbook playbooks/environments.yml --tags images
+	ansible-playbook playbooks/deploy.yml
 
 demo-down: install
 	ansible-playbook playbooks/lab_down.yml
