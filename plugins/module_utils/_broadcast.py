@@ -613,8 +613,8 @@ class _Run:
             self.done(node, data)
         elif kind == "EOF":
             rc = agent.proc.poll()
-            why = "the agent's command ended (status %s) %s" % (rc, "before READY" if node.state == "starting"
-                                                                 else "before the end of the stream")
+            when = "before READY" if node.state == "starting" else "before the end of the stream"
+            why = "the agent's command ended (status %s) %s" % (rc, when)
             tail = agent.stderr_tail()
             self.fail(node, "start" if node.state == "starting" else "transfer",
                       why + (": " + tail if tail else ""))

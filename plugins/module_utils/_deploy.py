@@ -253,8 +253,8 @@ def normalize_steps(steps):
         raise DeployError("steps: a mapping of %s is needed" % ", ".join(STEP_KEYS))
     unknown = set(steps) - set(STEP_KEYS)
     if unknown:
-        raise DeployError("steps: unknown macro-step(s) %s (known: %s)" % (", ".join(sorted(unknown)),
-                                                                         ", ".join(STEP_KEYS)))
+        raise DeployError("steps: unknown macro-step(s) %s (known: %s)"
+                          % (", ".join(sorted(unknown)), ", ".join(STEP_KEYS)))
     out = {}
     for key, macro in STEP_KEYS.items():
         attempts = steps.get(key)
@@ -567,8 +567,8 @@ def hook_commands(hooks, environment_hooks):
         run = hook["run"] if hook["kind"] == "archive" else "script"
         unpack = ('tar -x -f %s/archive.tar -C %s' % (real, real)) if hook["kind"] == "archive" else ":"
         if chroot:
-            execute = 'chroot "$ROOT" /bin/sh -c %s' % q("cd %s && GRIDOPS_ROOT=/ ./%s %s" % (q(base), q(run),
-                                                                                             hook["args"]))
+            inside = "cd %s && GRIDOPS_ROOT=/ ./%s %s" % (q(base), q(run), hook["args"])
+            execute = 'chroot "$ROOT" /bin/sh -c %s' % q(inside)
         else:
             execute = "(cd %s && ./%s %s)" % (real, q(run), hook["args"])
         data = base64.encodebytes(hook["data"]).decode("ascii").strip()
@@ -840,8 +840,8 @@ class Deployment:
         if res.get("dhcp_reload") and self.dhcp_restart:
             proc = subprocess.run(self.dhcp_restart, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                raise StepFailed("netboot", "%s: exit status %d: %s" % (" ".join(self.dhcp_restart), proc.returncode,
-                                                                      _tail(proc.stderr or proc.stdout)))
+                raise StepFailed("netboot", "%s: exit status %d: %s"
+                                 % (" ".join(self.dhcp_restart), proc.returncode, _tail(proc.stderr or proc.stdout)))
 
     def _reboot(self, nodes, timeout, soft_key=True):
         """Reboot by the power engine's escalation ladder; returns {name: StepFailed} of the failed ones."""
@@ -959,10 +959,13 @@ class Deployment:
         deadline = self.clock() + timeout
         failed = {}
         tar = self.env["image"]["kind"] == "tar"
-        ok, errors = self._timed(macro, "mount", nodes, lambda n: remote(
-            self.ssh, n, "mount", BROADCAST_PREPARE % {"root": q(ROOT), "mount": mount_command(self._deploy_part(n))
-                                                        if tar else ":"} + "echo MOUNTED\n",
-            deadline - self.clock(), "MOUNTED"))
+
+        def prepare(n):
+            mount = mount_command(self._deploy_part(n)) if tar else ":"
+            script = BROADCAST_PREPARE % {"root": q(ROOT), "mount": mount} + "echo MOUNTED\n"
+            remote(self.ssh, n, "mount", script, deadline - self.clock(), "MOUNTED")
+
+        ok, errors = self._timed(macro, "mount", nodes, prepare)
         failed.update(errors)
         for n in ok:
             self.progress and self.progress.node(n["name"], "BroadcastEnv")
@@ -1116,8 +1119,8 @@ class Deployment:
                 proc = subprocess.run(self.ssh.argv(node["ip"], script), stdout=fh, stderr=subprocess.PIPE,
                                       timeout=600, check=False)
             if proc.returncode != 0:
-                raise StepFailed("bootloader", "cannot copy %s from %s: %s" % (path, node["name"],
-                                                                              _tail(proc.stderr.decode())))
+                raise StepFailed("bootloader", "cannot copy %s from %s: %s"
+                                 % (path, node["name"], _tail(proc.stderr.decode())))
             os.rename(dest + ".tmp", dest)
             out[key] = "%s/%s" % (rel, name)
         self.node_state["__kernel__"] = out

@@ -35,8 +35,8 @@ description:
     repartitioned only when the template keeps nothing.
   - The result lists, per node, its final state (C(deployed) or C(failed)), the failed macro-step and micro-step with
     the error, and every step's duration; the run is recorded in the registry's history (see O(history)).
-  - Live progress goes to O(progress_file) (JSON, rewritten every second); C(playbooks/deploy.yml) shows it while the
-    deployment runs.
+  - Live progress goes to O(progress_file) (JSON, rewritten every second), and the module's action prints a line of
+    it every O(progress_interval) seconds while the deployment runs.
 author:
   - gridops.metal developers (@gridops)
 options:
@@ -171,6 +171,13 @@ options:
       - Where the live progress is written (JSON, every second); default
         C(/var/lib/gridops-metal/deployments/<id>.json). The deployment id is also in the result.
     type: path
+  progress_interval:
+    description:
+      - How often (seconds) the C(deploy) action prints a line of the live progress in the playbook's output
+        (nodes per step, MiB broadcast, the last event) while the module runs in the background on the deploy
+        server. V(0) - run the module in the foreground, silently (so does a task with its own C(async)).
+    type: float
+    default: 10
 notes:
   - check_mode returns the plan (nodes, steps, the partitions of every disk whose size is known, the environment)
     after every check, and touches nothing.
@@ -181,6 +188,7 @@ seealso:
   - module: gridops.metal.rights
   - module: gridops.metal.netboot
   - module: gridops.metal.power
+  - module: gridops.metal.deploy_history
 """
 
 EXAMPLES = r"""
@@ -204,7 +212,7 @@ EXAMPLES = r"""
 
 - name: Keep the production partition, deploy on the second one
   gridops.metal.deploy:
-    nodes: [node-[1-40]]
+    nodes: ["node-[1-40]"]
     node_facts: "{{ cluster_facts }}"
     environment: debian12:3
     user: alice
@@ -304,8 +312,8 @@ def find_environment(module, reg, user):
                                  version=int(version) if version else None)
     image = env["image"]
     if not os.path.isfile(image["file"]):
-        raise _deploy.DeployError("environment %s: image.file %s is not on the deploy server" % (env["name"],
-                                                                                                image["file"]))
+        raise _deploy.DeployError("environment %s: image.file %s is not on the deploy server"
+                                  % (env["name"], image["file"]))
     ok, actual = _deploy.sha256_matches(image["file"], image["sha256"])
     if not ok:
         raise _deploy.DeployError("environment %s: image.sha256: %s has sha256 %s, not the registered %s: nothing "
@@ -402,6 +410,7 @@ def main():
             registry=dict(type="path", default=_registry.DEFAULT_PATH),
             history=dict(type="bool", default=True),
             progress_file=dict(type="path"),
+            progress_interval=dict(type="float", default=10),
         ),
         supports_check_mode=True,
     )

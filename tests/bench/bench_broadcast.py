@@ -142,7 +142,7 @@ def engine_argv(lab, path, receivers, **kwargs):
 def run_engine(lab, path, receivers, wait=600, **kwargs):
     """broadcast() in the server's namespace; returns its parsed JSON (results, seconds)."""
     argv = engine_argv(lab, path, receivers, **kwargs)
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=wait, start_new_session=True)
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=wait, start_new_session=True, check=False)
     if res.returncode != 0:
         raise RuntimeError("engine failed (%d): %s" % (res.returncode, res.stderr[-3000:]))
     out = json.loads(res.stdout.strip().splitlines()[-1])

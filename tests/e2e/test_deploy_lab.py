@@ -198,7 +198,8 @@ def test_deploy_three_nodes_one_dies_in_the_broadcast_then_another_environment(l
         assert "%s: Debian 12" % name in res.stdout
     out = subprocess.run(["ansible", "-i", str(lab.inventory), "nodes", "-m", "ansible.builtin.command", "-a",
                           "cat /etc/gridops-stamp /etc/gridops-env-hook /proc/cmdline"],
-                         cwd=ansible.REPO, env=ansible.env(), capture_output=True, text=True, timeout=300).stdout
+                         cwd=ansible.REPO, env=ansible.env(), capture_output=True, text=True, timeout=300,
+                         check=False).stdout
     for name in NODES:
         assert "debian12-second %s" % name in out and "env hook on %s" % name in out, out
     assert out.count("quiet") == 3, out

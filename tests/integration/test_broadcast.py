@@ -122,7 +122,7 @@ def test_a_receiver_killed_mid_stream_is_cut_out(lab, image, tmp_path):
             if event["nodes"]["n1"]["bytes"] > 4 * 1024 * 1024:
                 killed_at = event["nodes"]["n1"]["bytes"]
                 lab.kill_machine(lab.receivers[1])
-        stdout, _ = proc.communicate(timeout=120)
+        stdout = proc.communicate(timeout=120)[0]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 9)

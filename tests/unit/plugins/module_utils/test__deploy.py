@@ -224,21 +224,19 @@ def test_ko_nodes_are_retried_then_moved_to_the_next_variant_then_reported():
     assert run.calls == [("BroadcastEnv", "chain", ["a", "b-flaky", "c"]), ("BroadcastEnv", "chain", ["b-flaky", "c"]),
                          ("BroadcastEnv", "pull", ["c"])]
     c = run.results["c"]
-    assert (c["state"], c["failed_step"], c["failed_micro_step"], c["error"]) == ("failed", "BroadcastEnv", "verify",
-                                                                                 "c broke")
+    assert (c["state"], c["failed_step"], c["failed_micro_step"]) == ("failed", "BroadcastEnv", "verify")
+    assert c["error"] == "c broke"
     assert run.results["b-flaky"]["steps"]["BroadcastEnv"]["tries"] == 2
     assert run.results["a"]["steps"]["BroadcastEnv"]["ok"] is True
 
 
 def test_history_and_statistics():
     reg = _registry.Registry(None)
+    send = {"step": "BroadcastEnv", "micro_step": "send", "seconds": 4.0, "ok": True, "error": None}
     results = [{"name": "n1", "state": "deployed", "failed_step": None, "failed_micro_step": None, "error": None,
-                "seconds": 10.0, "steps": {}, "micro_steps": [{"step": "BroadcastEnv", "micro_step": "send",
-                                                                "seconds": 4.0, "ok": True, "error": None}]},
+                "seconds": 10.0, "steps": {}, "micro_steps": [send]},
                {"name": "n2", "state": "failed", "failed_step": "BootNewEnv", "failed_micro_step": "reboot",
-                "error": "x", "seconds": 3.0, "steps": {}, "micro_steps": [{"step": "BroadcastEnv",
-                                                                            "micro_step": "send", "seconds": 6.0,
-                                                                            "ok": True, "error": None}]}]
+                "error": "x", "seconds": 3.0, "steps": {}, "micro_steps": [dict(send, seconds=6.0)]}]
     started = _registry.utcnow()
     _deploy.record(reg, "d1", "alice", ENV, "chain", started, 12.5, results, {})
     _deploy.record(reg, "d2", "alice", ENV, "chain", started, 12.5, results[1:], {})
