@@ -612,7 +612,11 @@ class _Run:
         elif kind == "DONE":
             self.done(node, data)
         elif kind == "EOF":
-            rc = agent.proc.poll()
+            try:
+                # Its output ended; its exit status follows within moments.
+                rc = agent.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                rc = None
             when = "before READY" if node.state == "starting" else "before the end of the stream"
             why = "the agent's command ended (status %s) %s" % (rc, when)
             tail = agent.stderr_tail()
