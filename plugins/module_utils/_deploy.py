@@ -40,7 +40,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import base64
-import binascii
 import concurrent.futures
 import datetime
 import json
@@ -1263,21 +1262,3 @@ def statistics(reg, nodes=None, since=None, limit=20):
     steps = dict((k, {"count": v["count"], "mean_seconds": round(v["total"] / v["count"], 2),
                       "max_seconds": round(v["max"], 2), "failed": v["failed"]}) for k, v in per_step.items())
     return {"nodes": per_node, "micro_steps": steps, "recent": recent}
-
-
-def sha256_matches(path, expected):
-    """(ok, actual) for an image file on the server."""
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    actual = digest.hexdigest()
-    return actual == expected, actual
-
-
-def hexdigest_ok(value):
-    try:
-        return len(value) == 64 and bool(binascii.unhexlify(value))
-    except (TypeError, binascii.Error):
-        return False

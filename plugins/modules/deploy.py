@@ -314,8 +314,8 @@ def find_environment(module, reg, user):
     if not os.path.isfile(image["file"]):
         raise _deploy.DeployError("environment %s: image.file %s is not on the deploy server"
                                   % (env["name"], image["file"]))
-    ok, actual = _deploy.sha256_matches(image["file"], image["sha256"])
-    if not ok:
+    actual = _environments.sha256_file(image["file"])
+    if actual != image["sha256"]:
         raise _deploy.DeployError("environment %s: image.sha256: %s has sha256 %s, not the registered %s: nothing "
                                   "was touched" % (env["name"], image["file"], actual, image["sha256"]))
     image.setdefault("size", os.path.getsize(image["file"]))
